@@ -1,0 +1,150 @@
+//! The mutating commands as the engine applies them and as the journal stores
+//! them. A [`Mutation`] borrows its ids from the request buffer (no copies on
+//! the hot path); a [`Record`] is what goes to disk: the mutation, the instant
+//! it was applied, and whatever it resolved from the config at that instant
+//! (a sku's price, a plan's terms), so replay never depends on today's config.
+
+use crate::bucket::BucketKind;
+use crate::config::PlanTerms;
+use crate::id::Bytes;
+use crate::pricing::SkuPrice;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// What a reservation or debit costs: a plain amount, or a priced sku.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Charge<'a> {
+    Amount(u64),
+    Sku {
+        #[serde(borrow)]
+        sku: &'a str,
+        qty: u64,
+    },
+}
+
+/// Usage reported by CAPTURE or COMMIT: credits, or a quantity priced with the hold's sku.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Usage {
+    Total(u64),
+    Qty(u64),
+}
+
+/// A grant's expiry as the client wrote it (TTL is relative to the grant's instant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    Never,
+    At(u64),
+    Ttl(u64),
+}
+
+/// One mutating command, minus its account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation<'a> {
+    Grant {
+        #[serde(borrow)]
+        grant_id: Bytes<'a>,
+        amount: u64,
+        kind: BucketKind,
+        expiry: Expiry,
+        priority: u8,
+    },
+    Reserve {
+        #[serde(borrow)]
+        hold_id: Bytes<'a>,
+        #[serde(borrow)]
+        charge: Charge<'a>,
+        /// `None` means the configured default; the engine resolves it before journaling.
+        ttl_ms: Option<u64>,
+    },
+    Capture {
+        #[serde(borrow)]
+        hold_id: Bytes<'a>,
+        usage: Usage,
+    },
+    Commit {
+        #[serde(borrow)]
+        hold_id: Bytes<'a>,
+        usage: Option<Usage>,
+    },
+    Release {
+        #[serde(borrow)]
+        hold_id: Bytes<'a>,
+    },
+    Extend {
+        #[serde(borrow)]
+        hold_id: Bytes<'a>,
+        ttl_ms: u64,
+    },
+    Debit {
+        #[serde(borrow)]
+        debit_id: Bytes<'a>,
+        #[serde(borrow)]
+        charge: Charge<'a>,
+    },
+    Subscribe {
+        #[serde(borrow)]
+        plan: &'a str,
+        seats: Option<u32>,
+        anchor_ms: Option<u64>,
+    },
+    Seats {
+        seats: u32,
+    },
+    Addon {
+        units: u32,
+    },
+    Unsubscribe,
+}
+
+impl Mutation<'_> {
+    /// The command's name, for metrics and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mutation::Grant { .. } => "grant",
+            Mutation::Reserve { .. } => "reserve",
+            Mutation::Capture { .. } => "capture",
+            Mutation::Commit { .. } => "commit",
+            Mutation::Release { .. } => "release",
+            Mutation::Extend { .. } => "extend",
+            Mutation::Debit { .. } => "debit",
+            Mutation::Subscribe { .. } => "subscribe",
+            Mutation::Seats { .. } => "seats",
+            Mutation::Addon { .. } => "addon",
+            Mutation::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+/// One journal record. Version 1 of the payload format (the frame carries the
+/// format version; a new variant is only ever appended at the end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record<'a> {
+    /// A mutation applied to one account at `at_ms`.
+    Apply {
+        at_ms: u64,
+        #[serde(borrow)]
+        account: Bytes<'a>,
+        #[serde(borrow)]
+        mutation: Mutation<'a>,
+        /// The sku's price when the mutation priced one.
+        price: Option<Cow<'a, SkuPrice>>,
+        /// The plan's terms for SUBSCRIBE.
+        plan: Option<Cow<'a, PlanTerms>>,
+    },
+    /// The test clock moved to `at_ms` (so a restart never moves it back).
+    Clock { at_ms: u64 },
+}
+
+impl Record<'_> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        // postcard into a growable buffer cannot fail for these types.
+        let mut sink = std::mem::take(out);
+        sink = postcard::to_extend(self, sink).expect("record encodes");
+        *out = sink;
+    }
+}
+
+/// Decodes a record payload.
+pub fn decode_record(payload: &[u8]) -> Result<Record<'_>, String> {
+    postcard::from_bytes(payload).map_err(|e| format!("undecodable record: {e}"))
+}

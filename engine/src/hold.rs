@@ -1,0 +1,79 @@
+//! Holds: credits set aside for one job, and what remains of them once closed.
+
+use crate::config::PlanTerms;
+use crate::pricing::SkuPrice;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use std::sync::Arc;
+
+/// Credits a hold took from one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Portion {
+    pub bucket_seq: u64,
+    pub amount: u64,
+}
+
+/// A priced sku as a hold remembers it: its name and the price in force when
+/// the hold was made (CONFIG RELOAD does not change it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPrice {
+    pub sku: Arc<str>,
+    pub price: Arc<SkuPrice>,
+}
+
+/// The arguments RESERVE was called with, kept to tell a retry from a conflict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChargeArgs {
+    Amount(u64),
+    Sku { sku: Arc<str>, qty: u64 },
+}
+
+/// An open hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub charge: ChargeArgs,
+    pub ttl_ms: u64,
+    /// Credits held at RESERVE (its reply).
+    pub amount: u64,
+    /// Cumulative credits captured so far (may exceed `amount`: the overage came from available).
+    pub captured: u64,
+    /// Credits still held, by source bucket; their sum is what this hold adds to `held`.
+    pub portions: SmallVec<[Portion; 2]>,
+    pub expires_at_ms: u64,
+    pub price: Option<Arc<SkuPrice>>,
+}
+
+impl Hold {
+    /// Credits this hold still holds.
+    #[inline]
+    pub fn held(&self) -> u64 {
+        self.portions.iter().map(|p| p.amount).sum()
+    }
+}
+
+/// How a hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldOutcome {
+    Committed {
+        usage: Option<crate::command::Usage>,
+        total: u64,
+    },
+    Released {
+        returned: u64,
+    },
+    Expired,
+}
+
+/// A closed hold, remembered for the idempotency window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedHold {
+    pub charge: ChargeArgs,
+    pub ttl_ms: u64,
+    pub amount: u64,
+    pub captured: u64,
+    pub outcome: HoldOutcome,
+}
+
+/// The terms a subscription was made with (kept with the account so renewals
+/// and replay never depend on a later config).
+pub type HeldPlan = Arc<PlanTerms>;

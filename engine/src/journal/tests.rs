@@ -1,0 +1,379 @@
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::store::segment_path;
+use super::*;
+
+/// A unique dir under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "creditd-journal-{name}-{}-{unique}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+type Snapshot = Option<(u64, Vec<u8>)>;
+type Records = Vec<(u64, Vec<u8>)>;
+
+fn open_with(
+    dir: &Path,
+    mode: FsyncMode,
+    on_durable: Box<dyn Fn(u64) + Send + Sync>,
+) -> Result<(Journal, OpenReport, Snapshot, Records), JournalError> {
+    let mut snapshot = None;
+    let mut records = Vec::new();
+    let (journal, report) = Journal::open(
+        dir,
+        mode,
+        on_durable,
+        |seq, body| {
+            snapshot = Some((seq, body.to_vec()));
+            Ok(())
+        },
+        |seq, payload| {
+            records.push((seq, payload.to_vec()));
+            Ok(())
+        },
+    )?;
+    Ok((journal, report, snapshot, records))
+}
+
+fn open(dir: &Path) -> Result<(Journal, OpenReport, Snapshot, Records), JournalError> {
+    open_with(dir, FsyncMode::No, Box::new(|_| {}))
+}
+
+/// Variable-length payload that names its record.
+fn payload(i: u64) -> Vec<u8> {
+    format!("record {i};")
+        .repeat(1 + (i % 5) as usize)
+        .into_bytes()
+}
+
+fn append(journal: &Journal, bytes: &[u8]) -> u64 {
+    journal.append(&mut |buf| buf.extend_from_slice(bytes))
+}
+
+fn wait_durable(journal: &Journal, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journal.durable_seq() < seq {
+        assert!(Instant::now() < deadline, "seq {seq} never became durable");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Writes records 1..=count into a fresh journal and returns the frame start offsets.
+fn write_records(dir: &Path, count: u64) -> Vec<u64> {
+    let (journal, ..) = open(dir).unwrap();
+    let mut offsets = Vec::new();
+    let mut offset = 0;
+    for i in 1..=count {
+        offsets.push(offset);
+        offset += (FRAME_HEADER_BYTES + payload(i).len()) as u64;
+        assert_eq!(append(&journal, &payload(i)), i);
+    }
+    journal.shutdown().unwrap();
+    offsets
+}
+
+#[test]
+fn fsync_mode_parses() {
+    for mode in [FsyncMode::Always, FsyncMode::EverySec, FsyncMode::No] {
+        assert_eq!(mode.as_str().parse::<FsyncMode>(), Ok(mode));
+    }
+    assert!("sometimes".parse::<FsyncMode>().is_err());
+}
+
+#[test]
+fn frame_round_trips_and_rejects_damage() {
+    let mut bytes = Vec::new();
+    encode_frame(7, b"hello", &mut bytes);
+    assert_eq!(
+        decode_frame(&bytes),
+        Decoded::Frame {
+            seq: 7,
+            payload: b"hello",
+            frame_bytes: bytes.len()
+        }
+    );
+    assert_eq!(decode_frame(&bytes[..bytes.len() - 1]), Decoded::Incomplete);
+    bytes[FRAME_HEADER_BYTES] ^= 1;
+    assert_eq!(decode_frame(&bytes), Decoded::Bad("checksum mismatch"));
+}
+
+#[test]
+fn concurrent_appends_replay_in_seq_order() {
+    let dir = TempDir::new("concurrent");
+    let (journal, ..) = open_with(&dir.0, FsyncMode::EverySec, Box::new(|_| {})).unwrap();
+    let written: Vec<(u64, Vec<u8>)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4u64)
+            .map(|thread| {
+                let journal = &journal;
+                scope.spawn(move || {
+                    (0..2_500u64)
+                        .map(|i| {
+                            let bytes = payload(thread * 1_000_000 + i);
+                            (append(journal, &bytes), bytes)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|thread| thread.join().unwrap())
+            .collect()
+    });
+    wait_durable(&journal, 10_000);
+    assert_eq!(journal.stats().records_written, 10_000);
+    journal.shutdown().unwrap();
+    drop(journal);
+    let expected: HashMap<u64, Vec<u8>> = written.into_iter().collect();
+    let (_journal, report, snapshot, records) = open(&dir.0).unwrap();
+    assert_eq!(
+        (
+            report.last_seq,
+            report.records_replayed,
+            report.torn_tail,
+            snapshot
+        ),
+        (10_000, 10_000, None, None)
+    );
+    for (index, (seq, bytes)) in records.iter().enumerate() {
+        assert_eq!(*seq, index as u64 + 1);
+        assert_eq!(bytes, &expected[seq]);
+    }
+}
+
+#[test]
+fn torn_tail_at_every_offset_is_cut_back() {
+    let dir = TempDir::new("torn");
+    let offsets = write_records(&dir.0, 10);
+    let path = segment_path(&dir.0, 1);
+    let original = fs::read(&path).unwrap();
+    for cut in offsets[7]..original.len() as u64 {
+        fs::write(&path, &original[..cut as usize]).unwrap();
+        // Records whose frame ends at or before the cut survive; the next frame starts at `boundary`.
+        let complete = offsets[1..].iter().filter(|&&end| end <= cut).count() as u64;
+        let boundary = offsets[complete as usize];
+        let (journal, report, _, records) = open(&dir.0).unwrap();
+        assert_eq!(report.last_seq, complete, "cut at {cut}");
+        assert_eq!(
+            records,
+            (1..=complete).map(|i| (i, payload(i))).collect::<Vec<_>>()
+        );
+        let torn = (cut != boundary).then(|| (path.clone(), boundary));
+        assert_eq!(report.torn_tail, torn, "cut at {cut}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), boundary);
+        assert_eq!(append(&journal, b"after"), complete + 1);
+        journal.shutdown().unwrap();
+        drop(journal);
+        let (_journal, report, _, records) = open(&dir.0).unwrap();
+        assert_eq!((report.last_seq, report.torn_tail), (complete + 1, None));
+        assert_eq!(records.last().unwrap(), &(complete + 1, b"after".to_vec()));
+    }
+}
+
+#[test]
+fn corruption_before_valid_frames_is_refused_with_offset() {
+    let dir = TempDir::new("corrupt-middle");
+    let offsets = write_records(&dir.0, 10);
+    let path = segment_path(&dir.0, 1);
+    let original = fs::read(&path).unwrap();
+    // Every byte of the middle frame: header fields and payload are all covered.
+    for at in offsets[4]..offsets[5] {
+        let mut damaged = original.clone();
+        damaged[at as usize] ^= 0x5A;
+        fs::write(&path, &damaged).unwrap();
+        let error = open(&dir.0).err().expect("damaged journal must not open");
+        assert_eq!(
+            (error.kind, &error.file, error.offset),
+            (JournalErrorKind::Corrupt, &path, offsets[4])
+        );
+        assert!(error.to_string().starts_with(&format!(
+            "{} at offset {}: ",
+            path.display(),
+            offsets[4]
+        )));
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            damaged,
+            "a refused journal is left untouched"
+        );
+    }
+}
+
+#[test]
+fn corruption_in_a_non_last_segment_is_refused() {
+    let dir = TempDir::new("corrupt-older");
+    let (journal, ..) = open(&dir.0).unwrap();
+    (1..=5).for_each(|i| assert_eq!(append(&journal, &payload(i)), i));
+    assert_eq!(journal.rotate().unwrap(), 6);
+    (6..=10).for_each(|i| assert_eq!(append(&journal, &payload(i)), i));
+    journal.shutdown().unwrap();
+    drop(journal);
+    let older = segment_path(&dir.0, 1);
+    let original = fs::read(&older).unwrap();
+    let mut damaged = original.clone();
+    *damaged.last_mut().unwrap() ^= 1; // The last frame: nothing valid follows in this file.
+    fs::write(&older, &damaged).unwrap();
+    let error = open(&dir.0)
+        .err()
+        .expect("damaged older segment must not open");
+    assert_eq!(
+        (error.kind, &error.file),
+        (JournalErrorKind::Corrupt, &older)
+    );
+    fs::write(&older, &original[..original.len() - 1]).unwrap();
+    assert_eq!(open(&dir.0).err().expect("torn older segment").file, older);
+    fs::write(&older, &original).unwrap();
+    assert_eq!(open(&dir.0).unwrap().1.last_seq, 10);
+}
+
+#[test]
+fn snapshot_deletes_older_segments_and_replays_first() {
+    let dir = TempDir::new("snapshot");
+    let (journal, ..) = open(&dir.0).unwrap();
+    (1..=5).for_each(|i| assert_eq!(append(&journal, &payload(i)), i));
+    assert_eq!(journal.rotate().unwrap(), 6);
+    assert_eq!(
+        journal.rotate().unwrap(),
+        6,
+        "rotating an empty segment is a no-op"
+    );
+    (6..=8).for_each(|i| assert_eq!(append(&journal, &payload(i)), i));
+    assert!(
+        journal.write_snapshot(7, b"bad").is_err(),
+        "7 does not start a segment"
+    );
+    journal.write_snapshot(6, b"state before 6").unwrap();
+    assert!(!segment_path(&dir.0, 1).exists());
+    assert!(segment_path(&dir.0, 6).exists());
+    assert_eq!(journal.stats().segment_count, 1);
+    (9..=10).for_each(|i| assert_eq!(append(&journal, &payload(i)), i));
+    journal.shutdown().unwrap();
+    drop(journal);
+    let (journal, report, snapshot, records) = open(&dir.0).unwrap();
+    assert_eq!(snapshot, Some((6, b"state before 6".to_vec())));
+    assert_eq!(
+        records,
+        (6..=10).map(|i| (i, payload(i))).collect::<Vec<_>>()
+    );
+    assert_eq!((report.snapshot_seq, report.last_seq), (Some(6), 10));
+    assert_eq!(journal.rotate().unwrap(), 11);
+    journal.write_snapshot(11, b"state before 11").unwrap();
+    journal.shutdown().unwrap();
+    drop(journal);
+    assert!(!store::snapshot_path(&dir.0, 6).exists());
+    let (journal, report, snapshot, records) = open(&dir.0).unwrap();
+    assert_eq!(
+        (snapshot, records.len(), report.last_seq),
+        (Some((11, b"state before 11".to_vec())), 0, 10)
+    );
+    assert_eq!(append(&journal, b"x"), 11);
+    journal.shutdown().unwrap();
+    drop(journal);
+    // A damaged snapshot is skipped with a warning; without it records 1..10 are missing.
+    let snapshot_file = store::snapshot_path(&dir.0, 11);
+    let mut bytes = fs::read(&snapshot_file).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(&snapshot_file, &bytes).unwrap();
+    let error = open(&dir.0)
+        .err()
+        .expect("records before the segment are gone");
+    assert!(error.message.contains("missing"), "{error}");
+}
+
+#[test]
+fn on_durable_sees_increasing_seqs_up_to_the_last() {
+    let dir = TempDir::new("durable");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let (journal, ..) = open_with(
+        &dir.0,
+        FsyncMode::EverySec,
+        Box::new(move |seq| sink.lock().push(seq)),
+    )
+    .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| (0..500).for_each(|i| _ = append(&journal, &payload(i))));
+        }
+    });
+    wait_durable(&journal, 1_000);
+    let seen = seen.lock().clone();
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&1_000));
+    assert!(journal.has_capacity());
+    assert_eq!(journal.stats().pending_bytes, 0);
+}
+
+#[test]
+fn always_mode_fsyncs_every_group() {
+    let dir = TempDir::new("always");
+    let (journal, ..) = open_with(&dir.0, FsyncMode::Always, Box::new(|_| {})).unwrap();
+    for i in 1..=50 {
+        append(&journal, &payload(i));
+    }
+    wait_durable(&journal, 50);
+    let stats = journal.stats();
+    // One fsync per group, and every group was fsynced before it was reported durable.
+    assert!(stats.groups_written >= 1, "{stats:?}");
+    assert_eq!(stats.fsyncs, stats.groups_written, "{stats:?}");
+    assert_eq!(
+        (stats.records_written, stats.fsync_mode, stats.writer_failed),
+        (50, FsyncMode::Always, false)
+    );
+    let no_dir = TempDir::new("no-fsync");
+    let (journal_no, ..) = open(&no_dir.0).unwrap();
+    append(&journal_no, b"x");
+    wait_durable(&journal_no, 1);
+    assert_eq!(
+        journal_no.stats().fsyncs,
+        0,
+        "mode no never fsyncs before shutdown"
+    );
+}
+
+#[test]
+fn segments_rotate_at_the_size_bound() {
+    let dir = TempDir::new("size");
+    let (journal, ..) = open(&dir.0).unwrap();
+    let record = vec![7u8; 1 << 20];
+    let count = SEGMENT_MAX_BYTES / (1 << 20) + 2;
+    for _ in 0..count {
+        append(&journal, &record);
+    }
+    wait_durable(&journal, count);
+    assert_eq!(journal.stats().segment_count, 2);
+    journal.shutdown().unwrap();
+    drop(journal);
+    let (_journal, report, _, records) = open(&dir.0).unwrap();
+    assert_eq!((report.last_seq, records.len() as u64), (count, count));
+    assert!(records.iter().all(|(_, bytes)| bytes == &record));
+}
+
+#[test]
+fn journal_is_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Journal>();
+}

@@ -1,0 +1,259 @@
+//! The writer thread: takes everything appended so far, writes it with one write(2) per segment
+//! touched, fsyncs per the mode, then publishes the durable seq.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::store::{segment_path, sync_dir};
+use super::{FsyncMode, Rotation, Shared};
+
+/// EverySec fsyncs at most this often, like Redis AOF `everysec`.
+const EVERYSEC_INTERVAL_MS: u64 = 1_000;
+/// Longest idle wait, so the EverySec timer and shutdown are noticed without an append.
+const WRITER_IDLE_WAIT_MS: u64 = 1_000;
+const RETRY_BACKOFF_MIN_MS: u64 = 10;
+const RETRY_BACKOFF_MAX_MS: u64 = 1_000;
+
+/// The segment file the writer appends to.
+pub(crate) struct Segment {
+    file: File,
+    path: PathBuf,
+    pub first_seq: u64,
+    /// Bytes written to the file: the offset of the next write.
+    pub bytes: u64,
+    /// A failed write left the file offset unknown: seek before the next write.
+    needs_seek: bool,
+}
+
+impl Segment {
+    /// Creates an empty segment (or reuses an empty file left by a failed earlier attempt).
+    pub fn create(dir: &Path, first_seq: u64) -> io::Result<Segment> {
+        let path = segment_path(dir, first_seq);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if file.metadata()?.len() != 0 {
+            let message = format!("{} already exists and is not empty", path.display());
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, message));
+        }
+        sync_dir(dir)?;
+        Ok(Segment {
+            file,
+            path,
+            first_seq,
+            bytes: 0,
+            needs_seek: false,
+        })
+    }
+
+    /// Opens the recovered last segment for appending after its `bytes_valid` bytes, cutting
+    /// (and fsyncing the cut of) a torn tail so new frames follow the last complete one.
+    pub fn open_at(path: PathBuf, first_seq: u64, bytes_valid: u64) -> io::Result<Segment> {
+        let mut file = OpenOptions::new().write(true).open(&path)?;
+        let bytes_on_disk = file.metadata()?.len();
+        assert!(
+            bytes_valid <= bytes_on_disk,
+            "recovery saw more bytes than the file has"
+        );
+        if bytes_valid < bytes_on_disk {
+            file.set_len(bytes_valid)?;
+            file.sync_all()?;
+        }
+        file.seek(SeekFrom::Start(bytes_valid))?;
+        Ok(Segment {
+            file,
+            path,
+            first_seq,
+            bytes: bytes_valid,
+            needs_seek: false,
+        })
+    }
+
+    /// Writes all of `bytes` at the end, or nothing: a partial write is cut back so that a retry
+    /// does not leave a torn frame in the middle of the segment.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.needs_seek {
+            self.file.set_len(self.bytes)?;
+            self.file.seek(SeekFrom::Start(self.bytes))?;
+            self.needs_seek = false;
+        }
+        match self.file.write_all(bytes) {
+            Ok(()) => {
+                self.bytes += bytes.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                self.needs_seek = true;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Runs the writer until shutdown or a fatal error; on error, marks the journal failed so
+/// `durable_seq` stops and the engine refuses work.
+pub(crate) fn run(shared: Arc<Shared>, mut segment: Segment) -> io::Result<()> {
+    let result = run_loop(&shared, &mut segment);
+    if let Err(error) = &result {
+        eprintln!(
+            "creditd journal: writer stopped on {}: {error}",
+            segment.path.display()
+        );
+        // Under the state lock, so a `rotate` between its check and its wait cannot miss it.
+        let _state = shared.state.lock();
+        shared.failed.store(true, Release);
+    }
+    shared.segment_opened.notify_all();
+    result
+}
+
+fn run_loop(shared: &Shared, segment: &mut Segment) -> io::Result<()> {
+    // The spare buffers swap with the shared ones, so each group reuses the allocation of the
+    // one before: appends never wait for the disk, and no group allocates.
+    let mut group: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut rotations: Vec<Rotation> = Vec::new();
+    let mut seq_written = shared.durable_seq.load(Relaxed);
+    let mut unsynced = false;
+    let mut last_sync = Instant::now();
+    let everysec = Duration::from_millis(EVERYSEC_INTERVAL_MS);
+    loop {
+        assert!(group.is_empty() && rotations.is_empty());
+        let (last_seq, shutdown) = {
+            let mut state = shared.state.lock();
+            if state.buf.is_empty() && state.rotations.is_empty() && !state.shutdown {
+                let mut wait = Duration::from_millis(WRITER_IDLE_WAIT_MS);
+                if shared.mode == FsyncMode::EverySec && unsynced {
+                    wait = wait.min(everysec.saturating_sub(last_sync.elapsed()));
+                }
+                shared.writer_wake.wait_for(&mut state, wait);
+            }
+            std::mem::swap(&mut state.buf, &mut group);
+            std::mem::swap(&mut state.rotations, &mut rotations);
+            (state.last_seq, state.shutdown)
+        };
+        assert!(last_seq >= seq_written, "seqs only increase");
+        assert_eq!(
+            group.is_empty(),
+            last_seq == seq_written,
+            "a group holds exactly the new seqs"
+        );
+        if !group.is_empty() || !rotations.is_empty() {
+            let started = Instant::now();
+            let mut start = 0;
+            for rotation in rotations.drain(..) {
+                write_retrying(shared, segment, &group[start..rotation.offset])?;
+                switch_segment(shared, segment, rotation.first_seq)?;
+                start = rotation.offset;
+            }
+            write_retrying(shared, segment, &group[start..])?;
+            shared
+                .counters
+                .last_write_latency_ns
+                .store(elapsed_ns(started), Relaxed);
+            shared.counters.segment_bytes.store(segment.bytes, Relaxed);
+            unsynced |= !group.is_empty();
+            if shared.mode == FsyncMode::Always && unsynced {
+                sync(shared, segment)?;
+                (unsynced, last_sync) = (false, Instant::now());
+            }
+            shared.written_bytes.fetch_add(group.len() as u64, Relaxed);
+            if last_seq > seq_written {
+                let counters = &shared.counters;
+                counters.records.fetch_add(last_seq - seq_written, Relaxed);
+                counters.groups.fetch_add(1, Relaxed);
+                counters
+                    .bytes_written
+                    .fetch_add(group.len() as u64, Relaxed);
+                seq_written = last_seq;
+                shared.durable_seq.store(last_seq, Release);
+                (shared.on_durable)(last_seq);
+            }
+            group.clear();
+        }
+        if shared.mode == FsyncMode::EverySec && unsynced && last_sync.elapsed() >= everysec {
+            sync(shared, segment)?;
+            (unsynced, last_sync) = (false, Instant::now());
+        }
+        if shutdown {
+            return sync(shared, segment);
+        }
+    }
+}
+
+/// Why an fsync error is fatal and not retried: after a failed fsync, Linux may mark the dirty
+/// pages clean, so a second fsync can succeed without the data being on disk ("fsyncgate").
+/// Only a restart, which re-reads the file, knows what is really there.
+fn sync(shared: &Shared, segment: &Segment) -> io::Result<()> {
+    let started = Instant::now();
+    segment.file.sync_data()?;
+    shared
+        .counters
+        .last_fsync_latency_ns
+        .store(elapsed_ns(started), Relaxed);
+    shared.counters.fsyncs.fetch_add(1, Relaxed);
+    Ok(())
+}
+
+/// Closes the current segment (fsynced unless the mode is `no`) and opens the next one.
+fn switch_segment(shared: &Shared, segment: &mut Segment, first_seq: u64) -> io::Result<()> {
+    assert!(
+        first_seq > segment.first_seq,
+        "segments start at increasing seqs"
+    );
+    if shared.mode != FsyncMode::No {
+        sync(shared, segment)?;
+    }
+    *segment = retry(shared, "create segment", || {
+        Segment::create(&shared.dir, first_seq)
+    })?;
+    shared.counters.segments.fetch_add(1, Relaxed);
+    shared.counters.segment_bytes.store(0, Relaxed);
+    shared.state.lock().writer_segment_first_seq = first_seq;
+    shared.segment_opened.notify_all();
+    Ok(())
+}
+
+fn write_retrying(shared: &Shared, segment: &mut Segment, bytes: &[u8]) -> io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    retry(shared, "write", || segment.write(bytes))
+}
+
+/// Retries a failed write (disk full, EIO) with exponential backoff until it succeeds or
+/// shutdown is requested. Meanwhile nothing is reported durable and appends pile up in the
+/// bounded buffer until `has_capacity` turns the engine's new mutations away.
+fn retry<T>(
+    shared: &Shared,
+    what: &str,
+    mut operation: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut backoff_ms = RETRY_BACKOFF_MIN_MS;
+    loop {
+        match operation() {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                shared.counters.write_errors.fetch_add(1, Relaxed);
+                eprintln!(
+                    "creditd journal: {what} in {} failed: {error}; retry in {backoff_ms} ms",
+                    shared.dir.display()
+                );
+                if shared.stopping.load(Relaxed) {
+                    return Err(error);
+                }
+                std::thread::sleep(Duration::from_millis(backoff_ms));
+                backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MAX_MS);
+            }
+        }
+    }
+}
+
+fn elapsed_ns(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,37 @@
+//! # creditd-engine
+//!
+//! The domain of creditd, pure and synchronous: accounts with buckets of
+//! credits, holds (reserve, capture, commit, release, expire), grants and
+//! debits with idempotency by id, per-account history, the rate card and
+//! plans with calendar cycles, journal records and snapshots.
+//!
+//! No sockets and no async runtime: time comes from an injected [`clock::Clock`],
+//! persistence goes through a [`engine::JournalSink`]. The server adapts this
+//! to the network.
+//!
+//! Conservation holds for every account at every moment a caller can observe:
+//! `granted = available + held + spent + expired` (checked by
+//! [`account::Account::check`] after every operation in debug builds).
+
+pub mod account;
+pub mod bucket;
+pub mod calendar;
+pub mod clock;
+pub mod command;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod history;
+pub mod hold;
+pub mod id;
+pub mod journal;
+pub mod plan;
+pub mod pricing;
+
+/// Largest credit amount (or quantity) one command may carry (contract §1).
+pub const MAX_AMOUNT: u64 = 1_000_000_000_000_000;
+
+pub use account::{AccountView, Balance};
+pub use command::{Charge, Expiry, Mutation, Usage};
+pub use engine::{Engine, EngineStats, JournalSink, MemoryJournal, Outcome};
+pub use error::EngineError;

@@ -1,0 +1,314 @@
+//! Subscriptions: calendar cycles, per-seat allowances, add-on units,
+//! upgrades with optional rollover, and renewals that happen on time.
+
+use crate::account::{Account, Applied, Ctx, Limits};
+use crate::bucket::{BucketKind, DEFAULT_PRIORITY, NEVER};
+use crate::calendar::{cycle_containing, cycle_start_ms};
+use crate::config::PlanTerms;
+use crate::error::{EngineError, Result};
+use crate::history::Op;
+use crate::id::{id_serde, Id};
+use crate::MAX_AMOUNT;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Most seats or add-on units one subscription may have.
+pub const MAX_SEATS: u32 = 1_000_000;
+
+/// An account's current plan and cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    #[serde(with = "id_serde")]
+    pub plan: Id,
+    /// The plan's terms when subscribed (a later CONFIG RELOAD does not change them).
+    pub terms: Arc<PlanTerms>,
+    pub anchor_ms: u64,
+    /// Index of the current cycle counted from the anchor.
+    pub cycle: u32,
+    pub cycle_start_ms: u64,
+    /// When the next cycle starts ([`NEVER`] if the calendar ran out).
+    pub cycle_end_ms: u64,
+    /// Seats paid for in this cycle.
+    pub seats: u32,
+    /// Seats from the next cycle on (a decrease waits for the renewal).
+    pub seats_next: u32,
+    pub addon_units: u32,
+    pub addon_units_next: u32,
+}
+
+fn allowance(per_unit: u64, units: u32) -> Result<u64> {
+    per_unit
+        .checked_mul(units as u64)
+        .filter(|a| *a <= MAX_AMOUNT)
+        .ok_or_else(|| EngineError::invalid("allowance exceeds 10^15 credits"))
+}
+
+fn bucket_id(prefix: &str, plan: &[u8], cycle_start_ms: u64) -> Id {
+    let mut id = Vec::with_capacity(prefix.len() + plan.len() + 24);
+    id.extend_from_slice(prefix.as_bytes());
+    id.extend_from_slice(plan);
+    id.push(b'@');
+    id.extend_from_slice(cycle_start_ms.to_string().as_bytes());
+    id.truncate(crate::id::MAX_ID_BYTES);
+    Arc::from(id)
+}
+
+fn cycle_bounds(anchor_ms: u64, terms: &PlanTerms, k: u32) -> Result<(u64, u64)> {
+    let start = cycle_start_ms(anchor_ms, terms.period, k)
+        .ok_or_else(|| EngineError::invalid("cycle out of the calendar's range"))?;
+    let end = k
+        .checked_add(1)
+        .and_then(|k1| cycle_start_ms(anchor_ms, terms.period, k1))
+        .unwrap_or(NEVER);
+    Ok((start, end))
+}
+
+impl Account {
+    fn require_subscription(&self) -> Result<&Subscription> {
+        self.subscription
+            .as_deref()
+            .ok_or_else(|| EngineError::invalid("the account has no subscription"))
+    }
+
+    /// Grants the subscription's allowance for the current cycle's seats.
+    fn grant_cycle(&mut self, limits: &Limits, at_ms: u64, op: Op) -> Result<()> {
+        let sub = self.subscription.as_deref().expect("subscribed");
+        let amount = allowance(sub.terms.credits_per_seat, sub.seats)?;
+        let addon = match sub.terms.addon_unit_credits {
+            Some(per) if sub.addon_units > 0 => allowance(per, sub.addon_units)?,
+            _ => 0,
+        };
+        let (plan, end, start) = (sub.plan.clone(), sub.cycle_end_ms, sub.cycle_start_ms);
+        let sub_id = bucket_id("", &plan, start);
+        self.add_credits(
+            sub_id,
+            BucketKind::Subscription,
+            amount,
+            end,
+            DEFAULT_PRIORITY,
+            true,
+        );
+        self.log(limits, at_ms, op, plan.clone(), amount);
+        if addon > 0 {
+            let addon_id = bucket_id("addon:", &plan, start);
+            self.add_credits(
+                addon_id,
+                BucketKind::Addon,
+                addon,
+                end,
+                DEFAULT_PRIORITY,
+                true,
+            );
+            self.log(limits, at_ms, Op::Addon, plan, addon);
+        }
+        Ok(())
+    }
+
+    /// The next cycle begins at its instant `at_ms` (== the old cycle's end).
+    pub(crate) fn renew(&mut self, limits: &Limits, at_ms: u64) {
+        let sub = self.subscription.as_deref_mut().expect("subscribed");
+        debug_assert_eq!(sub.cycle_end_ms, at_ms);
+        sub.cycle += 1;
+        sub.seats = sub.seats_next;
+        sub.addon_units = sub.addon_units_next;
+        match cycle_bounds(sub.anchor_ms, &sub.terms, sub.cycle) {
+            Ok((start, end)) => {
+                sub.cycle_start_ms = start;
+                sub.cycle_end_ms = end;
+            }
+            Err(_) => {
+                // The calendar ran out (year 9999): no more cycles.
+                sub.cycle_end_ms = NEVER;
+                return;
+            }
+        }
+        // Allowances were validated when set, so this cannot fail.
+        self.grant_cycle(limits, at_ms, Op::Renew)
+            .expect("allowance validated at subscribe");
+    }
+
+    pub fn subscribe(
+        &mut self,
+        ctx: &mut Ctx,
+        plan: &str,
+        terms: Arc<PlanTerms>,
+        seats: Option<u32>,
+        anchor_ms: Option<u64>,
+    ) -> Result<Applied> {
+        let now = ctx.now_ms;
+        if let Some(s) = seats {
+            if s == 0 || s > MAX_SEATS {
+                return Err(EngineError::invalid("SEATS must be 1 to 1000000"));
+            }
+        }
+        let anchor = anchor_ms.unwrap_or(now);
+        if anchor > now {
+            return Err(EngineError::invalid("ANCHOR is in the future"));
+        }
+        if let Some(sub) = self.subscription.as_deref() {
+            if &*sub.plan == plan.as_bytes() {
+                return match seats {
+                    Some(n) => self.set_seats(ctx, n),
+                    None => Ok(Applied::Repeated(self.bal.available)),
+                };
+            }
+        }
+        let seats = seats.unwrap_or(1);
+        let amount = allowance(terms.credits_per_seat, seats)?;
+        if self.bal.granted.saturating_add(amount) > crate::account::MAX_TOTAL {
+            return Err(EngineError::invalid("account total would exceed 10^18"));
+        }
+        let k = cycle_containing(anchor, terms.period, now)
+            .ok_or_else(|| EngineError::invalid("ANCHOR out of the calendar's range"))?;
+        let (start, end) = cycle_bounds(anchor, &terms, k)?;
+        if self.subscription.is_some() {
+            self.end_old_plan(ctx, now, &terms, end);
+        }
+        self.subscription = Some(Box::new(Subscription {
+            plan: Arc::from(plan.as_bytes()),
+            terms,
+            anchor_ms: anchor,
+            cycle: k,
+            cycle_start_ms: start,
+            cycle_end_ms: end,
+            seats,
+            seats_next: seats,
+            addon_units: 0,
+            addon_units_next: 0,
+        }));
+        self.next_due_ms = self.next_due_ms.min(end);
+        self.grant_cycle(ctx.limits, now, Op::Subscribe)?;
+        Ok(Applied::Changed(self.bal.available))
+    }
+
+    /// A plan change: the old subscription credits end now, moving into one
+    /// rollover bucket (expiring with the new first cycle) if the new plan
+    /// says so. Add-on units are cancelled; add-on credits already granted
+    /// stay until their cycle ends.
+    fn end_old_plan(&mut self, ctx: &mut Ctx, now: u64, new_terms: &PlanTerms, new_end: u64) {
+        let mut leftover = 0u64;
+        let mut expired = Vec::new();
+        for b in self.buckets.iter_mut() {
+            if b.kind != BucketKind::Subscription || !b.is_live(now) {
+                continue;
+            }
+            if new_terms.upgrade_rollover {
+                leftover += b.remaining;
+            } else if b.remaining > 0 {
+                expired.push((b.id.clone(), b.remaining));
+                self.bal.expired += b.remaining;
+            }
+            self.bal.available -= b.remaining;
+            b.remaining = 0;
+            // Credits live holds took from it expire when released.
+            b.expires_at_ms = now;
+        }
+        self.buckets.sort_by_key(|b| b.order_key());
+        self.buckets.retain(|b| b.remaining > 0 || b.held_refs > 0);
+        for (id, amount) in expired {
+            self.log(ctx.limits, now, Op::ExpireCredits, id, amount);
+        }
+        if leftover > 0 {
+            // Moving credits between buckets: add_credits counts them as
+            // granted and available again, so take them out of both first.
+            self.bal.granted -= leftover;
+            let plan = self.subscription.as_ref().expect("subscribed").plan.clone();
+            let id = bucket_id("rollover:", &plan, now);
+            self.add_credits(
+                id,
+                BucketKind::Rollover,
+                leftover,
+                new_end,
+                DEFAULT_PRIORITY,
+                false,
+            );
+        }
+        self.subscription = None;
+    }
+
+    pub fn set_seats(&mut self, ctx: &mut Ctx, seats: u32) -> Result<Applied> {
+        if seats == 0 || seats > MAX_SEATS {
+            return Err(EngineError::invalid("seats must be 1 to 1000000"));
+        }
+        let sub = self.require_subscription()?;
+        let per_seat = sub.terms.credits_per_seat;
+        allowance(per_seat, seats)?;
+        let (current, end, start, plan) = (
+            sub.seats,
+            sub.cycle_end_ms,
+            sub.cycle_start_ms,
+            sub.plan.clone(),
+        );
+        let added = if seats > current {
+            allowance(per_seat, seats - current)?
+        } else {
+            0
+        };
+        if self.bal.granted.saturating_add(added) > crate::account::MAX_TOTAL {
+            return Err(EngineError::invalid("account total would exceed 10^18"));
+        }
+        let sub = self.subscription.as_deref_mut().expect("checked");
+        if seats > current {
+            sub.seats = seats;
+        }
+        sub.seats_next = seats;
+        self.add_credits(
+            bucket_id("", &plan, start),
+            BucketKind::Subscription,
+            added,
+            end,
+            DEFAULT_PRIORITY,
+            true,
+        );
+        self.log(ctx.limits, ctx.now_ms, Op::Seats, plan, added);
+        Ok(Applied::Changed(self.bal.available))
+    }
+
+    pub fn set_addon(&mut self, ctx: &mut Ctx, units: u32) -> Result<Applied> {
+        if units > MAX_SEATS {
+            return Err(EngineError::invalid("units must be 0 to 1000000"));
+        }
+        let sub = self.require_subscription()?;
+        let Some(per_unit) = sub.terms.addon_unit_credits else {
+            return Err(EngineError::invalid("the plan has no add-ons"));
+        };
+        allowance(per_unit, units)?;
+        let (current, end, start, plan) = (
+            sub.addon_units,
+            sub.cycle_end_ms,
+            sub.cycle_start_ms,
+            sub.plan.clone(),
+        );
+        let added = if units > current {
+            allowance(per_unit, units - current)?
+        } else {
+            0
+        };
+        if self.bal.granted.saturating_add(added) > crate::account::MAX_TOTAL {
+            return Err(EngineError::invalid("account total would exceed 10^18"));
+        }
+        let sub = self.subscription.as_deref_mut().expect("checked");
+        if units > current {
+            sub.addon_units = units;
+        }
+        sub.addon_units_next = units;
+        self.add_credits(
+            bucket_id("addon:", &plan, start),
+            BucketKind::Addon,
+            added,
+            end,
+            DEFAULT_PRIORITY,
+            true,
+        );
+        self.log(ctx.limits, ctx.now_ms, Op::Addon, plan, added);
+        Ok(Applied::Changed(self.bal.available))
+    }
+
+    pub fn unsubscribe(&mut self, ctx: &mut Ctx) -> Result<Applied> {
+        let Some(sub) = self.subscription.take() else {
+            return Ok(Applied::Repeated(0));
+        };
+        self.log(ctx.limits, ctx.now_ms, Op::Unsubscribe, sub.plan, 0);
+        Ok(Applied::Changed(0))
+    }
+}

@@ -1,0 +1,234 @@
+//! The state every connection shares: the engine, the journal, auth, stats,
+//! metrics and health.
+
+use crate::cli::Options;
+use crate::commands::Failure;
+use crate::metrics::Metrics;
+use creditd_engine::clock::TestClock;
+use creditd_engine::config::{Config, Role, Token};
+use creditd_engine::journal::Journal;
+use creditd_engine::{Engine, EngineError, Mutation, Outcome};
+use parking_lot::{Mutex, RwLock};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+/// Server-wide counters for INFO.
+#[derive(Default)]
+pub struct ServerStats {
+    pub connections_total: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_rejected: AtomicU64,
+    pub commands_processed: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+/// Readiness as `/readyz` reports it.
+#[derive(Default)]
+pub struct Health {
+    pub ready: AtomicBool,
+    pub shutting_down: AtomicBool,
+    pub reason: Mutex<String>,
+}
+
+/// Status of the Redis write-behind, as the rest of the server sees it.
+pub trait WriteBehindStatus: Send + Sync {
+    fn connected(&self) -> bool;
+    /// Changes accepted but not yet written to Redis.
+    fn pending(&self) -> u64;
+    /// Age of the oldest unwritten change, in ms.
+    fn lag_ms(&self) -> u64;
+    /// Past the backlog bound: mutations are refused.
+    fn over_bound(&self) -> bool;
+}
+
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub opts: Options,
+    pub journal: Arc<Journal>,
+    /// The highest journal seq known durable (replies wait on it).
+    pub durable: watch::Sender<u64>,
+    pub test_clock: Option<Arc<TestClock>>,
+    pub tokens: RwLock<Vec<Token>>,
+    pub max_clients: AtomicU64,
+    pub stats: ServerStats,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub started: Instant,
+    pub next_client_id: AtomicU64,
+    pub redis: RwLock<Option<Arc<dyn WriteBehindStatus>>>,
+}
+
+impl App {
+    /// Applies a mutation unless persistence is past its bound.
+    pub fn execute(&self, account: &[u8], m: &Mutation) -> Result<Outcome, EngineError> {
+        if let Some(redis) = self.redis.read().as_ref() {
+            if redis.over_bound() {
+                return Err(EngineError::Busy(
+                    "the Redis write-behind backlog is over its bound, retry later".into(),
+                ));
+            }
+        }
+        self.engine.execute(account, m)
+    }
+
+    pub fn auth_required(&self) -> bool {
+        !self.tokens.read().is_empty()
+    }
+
+    /// Finds the role of a token, comparing every token in constant time.
+    pub fn authenticate(&self, user: Option<&[u8]>, token: &[u8]) -> Result<Role, Failure> {
+        let tokens = self.tokens.read();
+        let mut found = None;
+        for t in tokens.iter() {
+            let token_ok: bool = t.token.as_bytes().ct_eq(token).into();
+            let user_ok = match (&t.user, user) {
+                (Some(expected), Some(given)) => expected.as_bytes() == given,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if token_ok && user_ok && found.is_none() {
+                found = Some(t.role);
+            }
+        }
+        found.ok_or_else(|| {
+            Failure("WRONGPASS invalid username-password pair or user is disabled.".into())
+        })
+    }
+
+    /// The role a new connection starts with: admin when no tokens are configured.
+    pub fn initial_role(&self) -> Option<Role> {
+        if self.auth_required() {
+            None
+        } else {
+            Some(Role::Admin)
+        }
+    }
+
+    /// CONFIG RELOAD: rereads the config file (or the built-in one).
+    pub fn reload_config(&self) -> Result<(), String> {
+        let config = load_config(&self.opts)?;
+        self.max_clients
+            .store(config.settings.max_clients as u64, Ordering::Relaxed);
+        *self.tokens.write() = config.tokens.clone();
+        self.engine.set_config(config);
+        tracing::info!("config reloaded");
+        Ok(())
+    }
+
+    pub fn redis_status(&self) -> (bool, u64, u64) {
+        match self.redis.read().as_ref() {
+            Some(r) => (r.connected(), r.pending(), r.lag_ms()),
+            None => (false, 0, 0),
+        }
+    }
+
+    /// Why the server is not ready, if it isn't.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.health.shutting_down.load(Ordering::Acquire) {
+            return Some("shutting down".into());
+        }
+        if !self.health.ready.load(Ordering::Acquire) {
+            let r = self.health.reason.lock().clone();
+            return Some(if r.is_empty() { "recovering".into() } else { r });
+        }
+        let js = self.journal.stats();
+        if js.writer_failed {
+            return Some("the journal writer failed: no change can be made durable".into());
+        }
+        if !self.journal.has_capacity() {
+            return Some("the journal is behind its bound".into());
+        }
+        if let Some(redis) = self.redis.read().as_ref() {
+            if redis.over_bound() {
+                return Some(format!(
+                    "the Redis write-behind backlog ({} changes) is over its bound",
+                    redis.pending()
+                ));
+            }
+        }
+        None
+    }
+
+    /// INFO text, Redis style (`# Section` headers, `key:value` lines).
+    pub fn info(&self, section: Option<&str>) -> String {
+        let all = matches!(
+            section,
+            None | Some("all") | Some("everything") | Some("default")
+        );
+        let want = |name: &str| all || section == Some(name);
+        let mut s = String::new();
+        if want("server") {
+            let _ = write!(
+                s,
+                "# Server\r\nredis_version:7.0.0\r\ncreditd_version:{}\r\nredis_mode:standalone\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\ntest_clock:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::process::id(),
+                self.opts.listen.port(),
+                self.started.elapsed().as_secs(),
+                self.test_clock.is_some() as u8,
+            );
+        }
+        if want("clients") {
+            let _ = write!(
+                s,
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+                self.stats.connections_open.load(Ordering::Relaxed),
+                self.max_clients.load(Ordering::Relaxed),
+            );
+        }
+        if want("stats") {
+            let _ = write!(
+                s,
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\ntotal_protocol_errors:{}\r\n\r\n",
+                self.stats.connections_total.load(Ordering::Relaxed),
+                self.stats.commands_processed.load(Ordering::Relaxed),
+                self.stats.connections_rejected.load(Ordering::Relaxed),
+                self.stats.protocol_errors.load(Ordering::Relaxed),
+            );
+        }
+        if want("persistence") {
+            let js = self.journal.stats();
+            let (connected, pending, lag_ms) = self.redis_status();
+            let _ = write!(
+                s,
+                "# Persistence\r\nloading:{}\r\njournal_fsync:{}\r\njournal_last_seq:{}\r\njournal_durable_seq:{}\r\njournal_bytes_written:{}\r\njournal_writes:{}\r\njournal_fsyncs:{}\r\njournal_segments:{}\r\njournal_pending_bytes:{}\r\njournal_writer_failed:{}\r\nredis_enabled:{}\r\nredis_connected:{}\r\nredis_pending:{}\r\nredis_lag_ms:{}\r\n\r\n",
+                (!self.health.ready.load(Ordering::Acquire)) as u8,
+                self.opts.fsync.as_str(),
+                js.last_seq,
+                js.durable_seq,
+                js.bytes_written,
+                js.groups_written,
+                js.fsyncs,
+                js.segment_count,
+                js.pending_bytes,
+                js.writer_failed as u8,
+                self.opts.redis.is_some() as u8,
+                connected as u8,
+                pending,
+                lag_ms,
+            );
+        }
+        if want("accounts") {
+            let es = self.engine.stats();
+            let _ = write!(
+                s,
+                "# Accounts\r\naccounts:{}\r\nopen_holds:{}\r\nhold_expiries:{}\r\nbucket_expiries:{}\r\nrenewals:{}\r\n\r\n",
+                es.accounts, es.open_holds, es.hold_expiries, es.bucket_expiries, es.renewals,
+            );
+        }
+        s
+    }
+}
+
+/// Reads and validates the config named by the options (or the built-in one).
+pub fn load_config(opts: &Options) -> Result<Config, String> {
+    match &opts.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::builtin()),
+    }
+}

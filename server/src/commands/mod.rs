@@ -1,0 +1,282 @@
+//! Commands: one file per family. A command is looked up by name
+//! (case-insensitive), checked for arity and permission, parsed into engine
+//! calls, and its reply encoded straight into the connection's output buffer.
+
+mod admin;
+mod connection;
+mod credits;
+mod holds;
+mod plans;
+mod reads;
+
+use crate::app::App;
+use crate::resp::encode::{self, Proto};
+use creditd_engine::config::Role;
+use creditd_engine::{EngineError, Outcome};
+
+/// Per-connection state the commands see and change.
+pub struct Session {
+    pub id: u64,
+    pub proto: Proto,
+    /// The role this connection acts as (None: not authenticated yet).
+    pub role: Option<Role>,
+    pub name: Option<Vec<u8>>,
+    pub lib_name: Option<Vec<u8>>,
+    pub lib_ver: Option<Vec<u8>>,
+    /// Set by QUIT: close after sending the reply.
+    pub closing: bool,
+}
+
+/// Who may run a command (contract §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Before authentication: PING HELLO AUTH QUIT.
+    Open,
+    /// Connection housekeeping any authenticated role may do (ECHO, SELECT, CLIENT, COMMAND).
+    Session,
+    /// Holds, debits, quotes and reads: gateway and admin.
+    Gateway,
+    /// INFO: probe and admin.
+    Probe,
+    /// Grants, plans, config, clock: admin only.
+    Admin,
+}
+
+impl Access {
+    pub fn allows(self, role: Role) -> bool {
+        matches!(
+            (self, role),
+            (_, Role::Admin)
+                | (Access::Open | Access::Session, _)
+                | (Access::Gateway, Role::Gateway)
+                | (Access::Probe, Role::Probe)
+        )
+    }
+}
+
+/// What the connection must do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// The reply may go out at once.
+    Done,
+    /// The reply may go out once the journal is durable up to this seq.
+    Wait(u64),
+}
+
+/// A refused command: the full error line (its first word is the code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl Failure {
+    pub fn err(msg: impl AsRef<str>) -> Self {
+        Failure(format!("ERR {}", msg.as_ref()))
+    }
+    pub fn syntax() -> Self {
+        Failure::err("syntax error")
+    }
+    pub fn not_integer() -> Self {
+        Failure::err("value is not an integer or out of range")
+    }
+    /// The code word, for metrics.
+    pub fn code(&self) -> &str {
+        self.0.split(' ').next().unwrap_or("ERR")
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+pub type Handler = fn(&App, &mut Session, &[&[u8]], &mut Vec<u8>) -> Result<Flow, Failure>;
+
+/// One command's entry in the table.
+pub struct Spec {
+    pub name: &'static str,
+    /// Redis-style arity: n > 0 exactly n arguments (with the name), n < 0 at least -n.
+    pub arity: i32,
+    pub access: Access,
+    pub handler: Handler,
+    /// Changes state (journaled; counted as a write).
+    pub write: bool,
+}
+
+macro_rules! spec {
+    ($name:expr, $arity:expr, $access:ident, $handler:path, $write:expr) => {
+        Spec {
+            name: $name,
+            arity: $arity,
+            access: Access::$access,
+            handler: $handler,
+            write: $write,
+        }
+    };
+}
+
+/// Every command creditd knows, in the order of [`Spec`] indices.
+pub static COMMANDS: &[Spec] = &[
+    spec!("reserve", -4, Gateway, holds::reserve, true),
+    spec!("capture", -4, Gateway, holds::capture, true),
+    spec!("commit", -3, Gateway, holds::commit, true),
+    spec!("release", 3, Gateway, holds::release, true),
+    spec!("extend", 4, Gateway, holds::extend, true),
+    spec!("debit", -4, Gateway, credits::debit, true),
+    spec!("grant", -4, Admin, credits::grant, true),
+    spec!("quote", 3, Gateway, credits::quote, false),
+    spec!("balance", 2, Gateway, reads::balance, false),
+    spec!("account", 2, Gateway, reads::account, false),
+    spec!("history", -2, Gateway, reads::history, false),
+    spec!("subscribe", -3, Admin, plans::subscribe, true),
+    spec!("seats", 3, Admin, plans::seats, true),
+    spec!("addon", 3, Admin, plans::addon, true),
+    spec!("unsubscribe", 2, Admin, plans::unsubscribe, true),
+    spec!("ping", -1, Open, connection::ping, false),
+    spec!("echo", 2, Session, connection::echo, false),
+    spec!("auth", -2, Open, connection::auth, false),
+    spec!("hello", -1, Open, connection::hello, false),
+    spec!("quit", -1, Open, connection::quit, false),
+    spec!("select", 2, Session, connection::select, false),
+    spec!("client", -2, Session, connection::client, false),
+    spec!("command", -1, Session, connection::command, false),
+    spec!("info", -1, Probe, admin::info, false),
+    spec!("config", -2, Admin, admin::config, false),
+    spec!("clock", -2, Admin, admin::clock, false),
+];
+
+/// Finds a command by name, case-insensitively, without allocating.
+pub fn lookup(name: &[u8]) -> Option<usize> {
+    if name.len() > 16 {
+        return None;
+    }
+    COMMANDS
+        .iter()
+        .position(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+// ----- argument parsing helpers shared by the families -----
+
+/// A strict unsigned decimal (digits only, no sign, no spaces), as Redis parses integers.
+pub fn parse_u64(arg: &[u8]) -> Result<u64, Failure> {
+    if arg.is_empty() || arg.len() > 20 {
+        return Err(Failure::not_integer());
+    }
+    let mut n: u64 = 0;
+    for &c in arg {
+        if !c.is_ascii_digit() {
+            return Err(Failure::not_integer());
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add((c - b'0') as u64))
+            .ok_or_else(Failure::not_integer)?;
+    }
+    Ok(n)
+}
+
+/// A credit amount or quantity: 0 to 10^15.
+pub fn parse_amount(arg: &[u8]) -> Result<u64, Failure> {
+    let n = parse_u64(arg)?;
+    if n > creditd_engine::MAX_AMOUNT {
+        return Err(Failure::err("amount out of range (0 to 10^15)"));
+    }
+    Ok(n)
+}
+
+/// A u32 count (seats, units, history count).
+pub fn parse_u32(arg: &[u8]) -> Result<u32, Failure> {
+    u32::try_from(parse_u64(arg)?).map_err(|_| Failure::not_integer())
+}
+
+/// A hold TTL: 1 to 86,400,000 ms.
+pub fn parse_ttl(arg: &[u8]) -> Result<u64, Failure> {
+    let n = parse_u64(arg)?;
+    if !(1..=creditd_engine::engine::MAX_HOLD_TTL_MS).contains(&n) {
+        return Err(Failure::err("TTL out of range (1 to 86400000 ms)"));
+    }
+    Ok(n)
+}
+
+/// An id: 1 to 128 bytes.
+pub fn id(arg: &[u8]) -> Result<&[u8], Failure> {
+    if creditd_engine::id::valid_id(arg) {
+        Ok(arg)
+    } else {
+        Err(Failure::err("ids must be 1 to 128 bytes"))
+    }
+}
+
+/// A keyword comparison, case-insensitive.
+#[inline]
+pub fn is(arg: &[u8], keyword: &str) -> bool {
+    arg.eq_ignore_ascii_case(keyword.as_bytes())
+}
+
+/// A sku or plan name as UTF-8 (names in the config are UTF-8; anything else is unknown).
+pub fn name<'a>(arg: &'a [u8], what: &str) -> Result<&'a str, Failure> {
+    std::str::from_utf8(arg).map_err(|_| Failure(format!("NOTFOUND no such {what}")))
+}
+
+/// Encodes an engine mutation outcome as an integer reply.
+pub fn reply_outcome(out: &mut Vec<u8>, outcome: Outcome) -> Flow {
+    encode::integer(out, outcome.reply as i64);
+    Flow::Wait(outcome.wait_seq)
+}
+
+/// Writes a `field value ...` reply: a map in RESP3, a flat array in RESP2.
+pub fn fields(out: &mut Vec<u8>, proto: Proto, pairs: &[(&str, u64)]) {
+    encode::map_header(out, proto, pairs.len());
+    for (k, v) in pairs {
+        encode::bulk_str(out, k);
+        encode::integer(out, *v as i64);
+    }
+}
+
+/// Parses `amount | SKU sku QTY n` starting at `a[i]`; returns the charge and the next index.
+pub fn parse_charge<'a>(
+    a: &[&'a [u8]],
+    i: usize,
+) -> Result<(creditd_engine::Charge<'a>, usize), Failure> {
+    use creditd_engine::Charge;
+    let first = a.get(i).ok_or_else(Failure::syntax)?;
+    if is(first, "SKU") {
+        let (Some(sku), Some(qty_kw), Some(qty)) = (a.get(i + 1), a.get(i + 2), a.get(i + 3))
+        else {
+            return Err(Failure::syntax());
+        };
+        if !is(qty_kw, "QTY") {
+            return Err(Failure::syntax());
+        }
+        let sku = name(sku, "sku")?;
+        Ok((
+            Charge::Sku {
+                sku,
+                qty: parse_amount(qty)?,
+            },
+            i + 4,
+        ))
+    } else {
+        Ok((Charge::Amount(parse_amount(first)?), i + 1))
+    }
+}
+
+/// Parses `total | QTY n` starting at `a[i]`; returns the usage and the next index.
+pub fn parse_usage(a: &[&[u8]], i: usize) -> Result<(creditd_engine::Usage, usize), Failure> {
+    use creditd_engine::Usage;
+    let first = a.get(i).ok_or_else(Failure::syntax)?;
+    if is(first, "QTY") {
+        let qty = a.get(i + 1).ok_or_else(Failure::syntax)?;
+        Ok((Usage::Qty(parse_amount(qty)?), i + 2))
+    } else {
+        Ok((Usage::Total(parse_amount(first)?), i + 1))
+    }
+}
+
+/// Refuses trailing arguments.
+pub fn end(a: &[&[u8]], i: usize) -> Result<(), Failure> {
+    if i == a.len() {
+        Ok(())
+    } else {
+        Err(Failure::syntax())
+    }
+}

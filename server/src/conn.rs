@@ -1,0 +1,220 @@
+//! One client connection: read, parse every complete frame, execute each,
+//! wait once for the journal to cover the batch, write all replies at once.
+//!
+//! This is mini-redis's frame/parse/apply shape with its gaps closed: full
+//! pipelining (a batch is everything the last read delivered), explicit
+//! limits on every buffer, and backpressure: replies are written before more
+//! is read, so a client that never reads its replies stalls only itself.
+
+use crate::app::App;
+use crate::commands::{lookup, Access, Flow, Session, COMMANDS};
+use crate::resp::encode::{self, Proto};
+use crate::resp::parse::{parse, Frame, Limits, Parsed};
+use smallvec::SmallVec;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Bytes asked of the socket per read.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Most unparsed bytes a connection may hold (one partial frame, at most).
+pub const MAX_QUERY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Replies are flushed once this much is pending, even mid-batch.
+pub const OUT_FLUSH_BYTES: usize = 1024 * 1024;
+/// Longest command name echoed back in an error.
+const NAME_ECHO_BYTES: usize = 64;
+
+/// Frame limits (contract §2; issue: inline 64 KiB, 1,024 args, 1 MiB bulk).
+pub fn frame_limits() -> Limits {
+    Limits {
+        max_inline_len: 64 * 1024,
+        max_args: 1024,
+        max_bulk_len: 1024 * 1024,
+    }
+}
+
+fn printable(name: &[u8]) -> String {
+    let cut = &name[..name.len().min(NAME_ECHO_BYTES)];
+    String::from_utf8_lossy(cut)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Executes one parsed command, appending its reply to `out`. Returns the
+/// journal seq its reply must wait for (0: none).
+pub fn execute_frame(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) -> u64 {
+    let Some(index) = lookup(args[0]) else {
+        app.metrics.unknown_command();
+        encode::error(
+            out,
+            &format!("ERR unknown command '{}'", printable(args[0])),
+        );
+        return 0;
+    };
+    let spec = &COMMANDS[index];
+    let n = args.len() as i32;
+    let arity_ok = if spec.arity > 0 {
+        n == spec.arity
+    } else {
+        n >= -spec.arity
+    };
+    if !arity_ok {
+        app.metrics.command(index, "ERR", 0.0);
+        encode::error(
+            out,
+            &format!("ERR wrong number of arguments for '{}' command", spec.name),
+        );
+        return 0;
+    }
+    match s.role {
+        None if spec.access != Access::Open => {
+            app.metrics.command(index, "NOAUTH", 0.0);
+            encode::error(out, "NOAUTH Authentication required.");
+            return 0;
+        }
+        Some(role) if !spec.access.allows(role) => {
+            app.metrics.command(index, "NOPERM", 0.0);
+            encode::error(
+                out,
+                &format!(
+                    "NOPERM this user has no permissions to run the '{}' command",
+                    spec.name
+                ),
+            );
+            return 0;
+        }
+        _ => {}
+    }
+    let started = Instant::now();
+    let result = (spec.handler)(app, s, args, out);
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(Flow::Done) => {
+            app.metrics.command(index, "ok", seconds);
+            0
+        }
+        Ok(Flow::Wait(seq)) => {
+            app.metrics.command(index, "ok", seconds);
+            seq
+        }
+        Err(failure) => {
+            app.metrics.command(index, failure.code(), seconds);
+            encode::error(out, &failure.0);
+            0
+        }
+    }
+}
+
+/// Serves one connection until it closes, errs, or the server shuts down.
+pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let limits = frame_limits();
+    let mut session = Session {
+        id: app.next_client_id.fetch_add(1, Ordering::Relaxed) + 1,
+        proto: Proto::Resp2,
+        role: app.initial_role(),
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        closing: false,
+    };
+    let mut durable = app.durable.subscribe();
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut start = 0usize;
+    let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut frame = Frame::new();
+    loop {
+        // Execute every complete frame in the buffer (pipelining).
+        let mut wait_seq = 0u64;
+        let mut close = false;
+        let mut commands = 0u64;
+        loop {
+            if out.len() >= OUT_FLUSH_BYTES || session.closing {
+                break;
+            }
+            match parse(&buf[start..], &limits, &mut frame) {
+                Ok(Parsed::Complete { consumed }) => {
+                    let window = &buf[start..start + consumed];
+                    let args: SmallVec<[&[u8]; 16]> = frame.iter(window).collect();
+                    let seq = execute_frame(&app, &mut session, &args, &mut out);
+                    wait_seq = wait_seq.max(seq);
+                    commands += 1;
+                    start += consumed;
+                }
+                Ok(Parsed::Empty { consumed }) => start += consumed,
+                Ok(Parsed::Incomplete) => break,
+                Err(e) => {
+                    app.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    app.metrics.protocol_errors.increment(1);
+                    encode::error(&mut out, &format!("ERR Protocol error: {e}"));
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if commands > 0 {
+            app.stats
+                .commands_processed
+                .fetch_add(commands, Ordering::Relaxed);
+        }
+        // Keep only the unparsed tail.
+        if start == buf.len() {
+            buf.clear();
+            start = 0;
+        } else if start > 0 && (start >= buf.len() / 2 || buf.len() > READ_CHUNK_BYTES * 4) {
+            buf.drain(..start);
+            start = 0;
+        }
+        if !close && buf.len() - start > MAX_QUERY_BUFFER_BYTES {
+            app.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            encode::error(&mut out, "ERR Protocol error: query buffer limit exceeded");
+            close = true;
+        }
+        if !out.is_empty() {
+            if wait_seq > *durable.borrow() {
+                let waited = Instant::now();
+                if durable.wait_for(|d| *d >= wait_seq).await.is_err() {
+                    return; // the journal is gone: the server is stopping
+                }
+                app.metrics
+                    .durability_wait
+                    .record(waited.elapsed().as_secs_f64());
+            }
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+            if out.capacity() > OUT_FLUSH_BYTES * 2 {
+                out.shrink_to(READ_CHUNK_BYTES);
+            }
+        }
+        if close || session.closing {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        // More complete frames may still be buffered (we stopped to flush).
+        if start < buf.len()
+            && matches!(
+                parse(&buf[start..], &limits, &mut frame),
+                Ok(Parsed::Complete { .. } | Parsed::Empty { .. }) | Err(_)
+            )
+        {
+            continue;
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        buf.reserve(READ_CHUNK_BYTES);
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! # creditd (server)
+//!
+//! Adapts the pure engine to the network: the RESP codec, connections with
+//! pipelining and limits, the command table, auth, HTTP probes and metrics,
+//! the journal and snapshots, and the Redis write-behind.
+
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod conn;
+pub mod http;
+pub mod metrics;
+pub mod persist;
+pub mod resp;
+pub mod server;
+pub mod writebehind;

@@ -1,0 +1,280 @@
+//! Start-up, the accept loop, background threads and graceful shutdown.
+//!
+//! Threads: tokio's worker threads run connections (parse, execute against
+//! the engine under a shard lock for well under a microsecond, reply); the
+//! journal writer thread does all disk writes (group commit); a sweeper
+//! thread applies due expiries and renewals to idle accounts; a snapshot
+//! thread compacts the journal. No lock is ever held across I/O.
+
+use crate::app::{load_config, App, Health, ServerStats};
+use crate::cli::{Fsync, Options};
+use crate::http::{self, ProbeState};
+use crate::metrics::Metrics;
+use crate::persist::{self, JournalSlot};
+use creditd_engine::clock::{wall_clock_ms, Clock, SystemClock, TestClock};
+use creditd_engine::journal::FsyncMode;
+use creditd_engine::Engine;
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How often the sweeper looks for due events, and how many accounts it
+/// visits per pass before it yields the shard locks.
+const SWEEP_INTERVAL_MS: u64 = 20;
+const SWEEP_BUDGET: usize = 4096;
+/// How often the snapshot thread checks whether enough records accumulated.
+const SNAPSHOT_CHECK_MS: u64 = 1000;
+
+/// Runs the server until SIGTERM/SIGINT. Returns an error message on a
+/// failed start (bad config, refused address, corrupt journal).
+pub fn run(opts: Options) -> Result<(), String> {
+    let config = load_config(&opts)?;
+    if config.tokens.is_empty() && !opts.listen.ip().is_loopback() && !opts.insecure {
+        return Err(format!(
+            "refusing to listen on {} without tokens: anyone who can reach it could grant and spend credits. Add [[tokens]] to the config, listen on loopback, or pass --insecure",
+            opts.listen
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("creditd-worker")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(opts, config))
+}
+
+async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<(), String> {
+    // Probes first, so /healthz answers and /readyz says 503 while we recover.
+    let probes = Arc::new(ProbeState::default());
+    *probes.recovering_reason.lock() = "recovering".into();
+    let http_listener = http::bind(opts.http)
+        .await
+        .map_err(|e| format!("cannot listen on {} (http): {e}", opts.http))?;
+    tokio::spawn(http::serve(http_listener, probes.clone()));
+
+    let test_clock = opts
+        .test_clock
+        .then(|| Arc::new(TestClock::new(wall_clock_ms())));
+    let clock: Arc<dyn Clock> = match &test_clock {
+        Some(c) => c.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let max_clients = config.settings.max_clients as u64;
+    let tokens = config.tokens.clone();
+    let snapshot_every = config.settings.snapshot_every_records;
+    let slot = Arc::new(JournalSlot::default());
+    let engine = Arc::new(Engine::new(config, clock, slot.clone()));
+
+    let (durable_tx, _) = watch::channel(0u64);
+    let fsync = match opts.fsync {
+        Fsync::Always => FsyncMode::Always,
+        Fsync::Everysec => FsyncMode::EverySec,
+        Fsync::No => FsyncMode::No,
+    };
+    tracing::info!(data_dir = %opts.data_dir.display(), fsync = fsync.as_str(), "recovering");
+    let recovery = {
+        let engine = engine.clone();
+        let dir = opts.data_dir.clone();
+        let tx = durable_tx.clone();
+        tokio::task::spawn_blocking(move || persist::recover(&engine, &dir, fsync, tx))
+            .await
+            .map_err(|e| format!("recovery panicked: {e}"))??
+    };
+    if let Some((file, offset)) = &recovery.report.torn_tail {
+        tracing::warn!(file = %file.display(), offset, "cut off a torn last journal record (it was never acknowledged)");
+    }
+    for w in &recovery.report.warnings {
+        tracing::warn!("{w}");
+    }
+    durable_tx.send_replace(recovery.report.last_seq);
+    slot.set(recovery.journal.clone());
+    if let Some(clock) = &test_clock {
+        // A restarted test clock never runs behind what was already recorded.
+        let _ = clock.set(recovery.max_at_ms.max(clock.now_ms()));
+    }
+    let stats = engine.stats();
+    tracing::info!(
+        accounts = stats.accounts,
+        open_holds = stats.open_holds,
+        snapshot_accounts = recovery.snapshot_accounts,
+        records_replayed = recovery.report.records_replayed,
+        last_seq = recovery.report.last_seq,
+        elapsed_ms = recovery.elapsed_ms as u64,
+        "recovered"
+    );
+
+    let app = Arc::new(App {
+        engine: engine.clone(),
+        opts: opts.clone(),
+        journal: recovery.journal.clone(),
+        durable: durable_tx,
+        test_clock,
+        tokens: RwLock::new(tokens),
+        max_clients: AtomicU64::new(max_clients),
+        stats: ServerStats::default(),
+        metrics: Metrics::new(),
+        health: Health::default(),
+        started: Instant::now(),
+        next_client_id: AtomicU64::new(0),
+        redis: RwLock::new(None),
+    });
+    if let Some(url) = &opts.redis {
+        crate::writebehind::start(app.clone(), url.clone()).await?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeper = spawn_sweeper(engine.clone(), stop.clone());
+    let snapshotter = spawn_snapshotter(app.clone(), snapshot_every, stop.clone());
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                app.metrics.upkeep();
+            }
+        });
+    }
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    app.health.ready.store(true, Ordering::Release);
+    let _ = probes.app.set(app.clone());
+    tracing::info!(listen = %opts.listen, http = %opts.http, "creditd ready");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let accept = accept_loop(app.clone(), listener, shutdown_rx.clone());
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown_signal() => {}
+    }
+
+    // Graceful shutdown: not ready, stop accepting, drain, flush.
+    tracing::info!("shutting down");
+    app.health.shutting_down.store(true, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    let deadline = Instant::now() + Duration::from_secs(opts.shutdown_grace_s);
+    while app.stats.connections_open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let _ = sweeper.join();
+    let _ = snapshotter.join();
+    crate::writebehind::stop(&app).await;
+    app.journal
+        .shutdown()
+        .map_err(|e| format!("journal flush failed at shutdown: {e}"))?;
+    tracing::info!(
+        last_seq = app.journal.stats().last_seq,
+        "stopped: journal flushed"
+    );
+    Ok(())
+}
+
+async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        app.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        app.metrics.connections_total.increment(1);
+        let open = app.stats.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
+        if open > app.max_clients.load(Ordering::Relaxed) {
+            app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+            app.stats
+                .connections_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            app.metrics.connections_rejected.increment(1);
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            crate::conn::serve(app.clone(), stream, shutdown).await;
+            app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn spawn_sweeper(engine: Arc<Engine>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("creditd-sweeper".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(SWEEP_INTERVAL_MS));
+                // Bounded passes: at most 64 full budgets before sleeping again.
+                for _ in 0..64 {
+                    if engine.sweep(SWEEP_BUDGET) < SWEEP_BUDGET {
+                        break;
+                    }
+                }
+            }
+        })
+        .expect("spawn sweeper")
+}
+
+fn spawn_snapshotter(
+    app: Arc<App>,
+    every_records: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("creditd-snapshot".into())
+        .spawn(move || {
+            let mut last = app.journal.stats().last_seq;
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(SNAPSHOT_CHECK_MS));
+                let seq = app.journal.stats().last_seq;
+                if seq.saturating_sub(last) < every_records {
+                    continue;
+                }
+                let started = Instant::now();
+                match persist::take_snapshot(&app.engine, &app.journal) {
+                    Ok((first_seq, bytes)) => {
+                        last = seq;
+                        tracing::info!(
+                            first_seq,
+                            bytes,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "snapshot written; older journal segments removed"
+                        );
+                    }
+                    Err(e) => tracing::warn!("snapshot failed: {e}"),
+                }
+            }
+        })
+        .expect("spawn snapshotter")
+}
