@@ -1,0 +1,291 @@
+//! The wire contract over real TCP: commands and error codes with a stock
+//! client (redis-rs), pipelining, inline commands, RESP3, limits and hostile input.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+#[test]
+fn holds_lifecycle_and_error_codes() {
+    let srv = Creditd::start(&[]);
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["GRANT", "acme", "g1", "1000"]), 1000);
+    assert_eq!(int(&mut c, &["grant", "acme", "g1", "1000"]), 1000, "retry repeats the reply");
+    assert!(err(&mut c, &["GRANT", "acme", "g1", "999"]).starts_with("CONFLICT"));
+    assert_eq!(int(&mut c, &["RESERVE", "acme", "h1", "300"]), 300);
+    assert_eq!(int(&mut c, &["RESERVE", "acme", "h1", "300"]), 300, "idempotent");
+    assert!(err(&mut c, &["RESERVE", "acme", "h1", "301"]).starts_with("CONFLICT"));
+    assert_eq!(balance(&mut c, "acme"), [700, 300, 0, 0, 1000]);
+    // Cumulative captures: a lower total changes nothing.
+    assert_eq!(int(&mut c, &["CAPTURE", "acme", "h1", "100"]), 100);
+    assert_eq!(int(&mut c, &["CAPTURE", "acme", "h1", "50"]), 100);
+    assert_eq!(balance(&mut c, "acme"), [700, 200, 100, 0, 1000]);
+    // Commit 7 of 10: debits the total less captures, releases the rest.
+    assert_eq!(int(&mut c, &["COMMIT", "acme", "h1", "210"]), 210);
+    assert_eq!(int(&mut c, &["COMMIT", "acme", "h1", "210"]), 210);
+    assert!(err(&mut c, &["COMMIT", "acme", "h1", "211"]).starts_with("CONFLICT"));
+    assert!(err(&mut c, &["RELEASE", "acme", "h1"]).starts_with("CONFLICT"));
+    assert_eq!(balance(&mut c, "acme"), [790, 0, 210, 0, 1000]);
+    // Overage from available, or INSUFFICIENT with the exact shape.
+    assert_eq!(int(&mut c, &["RESERVE", "acme", "h2", "100"]), 100);
+    assert_eq!(
+        err(&mut c, &["COMMIT", "acme", "h2", "1000"]),
+        "INSUFFICIENT need 900 available 690"
+    );
+    assert_eq!(int(&mut c, &["COMMIT", "acme", "h2", "150"]), 150);
+    assert_eq!(balance(&mut c, "acme"), [640, 0, 360, 0, 1000]);
+    // Release returns; repeated release repeats.
+    assert_eq!(int(&mut c, &["RESERVE", "acme", "h3", "40", "TTL", "5000"]), 40);
+    assert_eq!(int(&mut c, &["RELEASE", "acme", "h3"]), 40);
+    assert_eq!(int(&mut c, &["RELEASE", "acme", "h3"]), 40);
+    assert!(err(&mut c, &["COMMIT", "acme", "h3"]).starts_with("CONFLICT"));
+    // Unknown holds, debits, free reservations.
+    assert!(err(&mut c, &["COMMIT", "acme", "nope"]).starts_with("NOTFOUND"));
+    assert!(err(&mut c, &["EXTEND", "acme", "nope", "100"]).starts_with("NOTFOUND"));
+    assert_eq!(int(&mut c, &["DEBIT", "acme", "d1", "40"]), 40);
+    assert_eq!(int(&mut c, &["DEBIT", "acme", "d1", "40"]), 40);
+    assert_eq!(int(&mut c, &["RESERVE", "acme", "free", "0"]), 0);
+    assert_eq!(int(&mut c, &["COMMIT", "acme", "free"]), 0);
+    assert_eq!(
+        err(&mut c, &["RESERVE", "nobody", "h", "1"]),
+        "INSUFFICIENT need 1 available 0"
+    );
+    assert_eq!(balance(&mut c, "nobody"), [0, 0, 0, 0, 0]);
+    // Syntax, arity, numbers.
+    assert!(err(&mut c, &["RESERVE", "acme", "h9"]).starts_with("ERR wrong number of arguments"));
+    assert!(err(&mut c, &["RESERVE", "acme", "h9", "-1"]).starts_with("ERR"));
+    assert!(err(&mut c, &["RESERVE", "acme", "h9", "1", "TTL", "0"]).starts_with("ERR"));
+    assert!(err(&mut c, &["RESERVE", "acme", "h9", "1", "BOGUS", "5"]).starts_with("ERR syntax"));
+    assert!(err(&mut c, &["GRANT", "acme", "g9", "1000000000000001"]).starts_with("ERR"));
+    assert!(err(&mut c, &["GRANT", "acme", "g9", "1", "KIND", "gold"]).starts_with("ERR"));
+    let long_id = "x".repeat(129);
+    assert!(err(&mut c, &["GRANT", &long_id, "g", "1"]).starts_with("ERR"));
+    assert!(err(&mut c, &["NOSUCH", "x"]).starts_with("ERR unknown command 'NOSUCH'"));
+    // The connection survived all of that.
+    assert_conserved(balance(&mut c, "acme"));
+    assert_eq!(cmd(&mut c, &["PING"]), Ok(redis::Value::SimpleString("PONG".into())));
+}
+
+#[test]
+fn account_history_quote_and_reads() {
+    let srv = Creditd::start(&[]);
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "w", "pack", "500"]);
+    int(&mut c, &["GRANT", "w", "promo", "100", "KIND", "promo", "TTL", "3600000", "PRIORITY", "10"]);
+    int(&mut c, &["RESERVE", "w", "job", "150"]);
+    let acct = fields(&mut c, &["ACCOUNT", "w"]);
+    let names: Vec<&str> = acct.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "available", "held", "spent", "expired", "granted", "plan", "seats", "cycle_start",
+            "cycle_end", "buckets", "holds"
+        ]
+    );
+    // Spending order: the promo (priority 10) went first, then the pack.
+    let buckets = match &acct[9].1 {
+        redis::Value::Array(b) => b.clone(),
+        other => panic!("buckets: {other:?}"),
+    };
+    assert_eq!(buckets.len(), 1, "promo is emptied by the hold");
+    let holds = match &acct[10].1 {
+        redis::Value::Array(h) => h.clone(),
+        other => panic!("holds: {other:?}"),
+    };
+    assert_eq!(holds.len(), 1);
+    let history = match cmd(&mut c, &["HISTORY", "w", "COUNT", "2"]).unwrap() {
+        redis::Value::Array(h) => h,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(history.len(), 2);
+    let newest = format!("{:?}", history[0]);
+    assert!(newest.contains("reserve"), "newest first: {newest}");
+    assert_eq!(int(&mut c, &["QUOTE", "image/flux-2-pro", "4"]), 288, "80 x 4 less 10 %");
+    assert!(err(&mut c, &["QUOTE", "image/nope", "1"]).starts_with("NOTFOUND"));
+}
+
+#[test]
+fn pipelined_10000_reserves_in_one_write() {
+    let srv = Creditd::start(&[]);
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "p", "g", "100000000"]);
+    let mut s = srv.raw();
+    let mut batch = Vec::new();
+    for i in 0..10_000u32 {
+        let hold = format!("h{i}");
+        let amount = (i % 97).to_string();
+        write!(
+            batch,
+            "*4\r\n$7\r\nRESERVE\r\n$1\r\np\r\n${}\r\n{}\r\n${}\r\n{}\r\n",
+            hold.len(),
+            hold,
+            amount.len(),
+            amount
+        )
+        .unwrap();
+    }
+    s.write_all(&batch).unwrap();
+    let replies = read_replies(&mut s, 10_000);
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r, &format!(":{}", i % 97), "reply {i} in order");
+    }
+    let b = balance(&mut c, "p");
+    assert_eq!(b[1], (0..10_000u64).map(|i| i % 97).sum::<u64>() as i64);
+    assert_conserved(b);
+}
+
+#[test]
+fn inline_commands_resp3_and_connection_commands() {
+    let srv = Creditd::start(&[]);
+    let mut s = srv.raw();
+    s.write_all(b"GRANT inl g1 10\r\nPING\r\nECHO \"a b\"\r\n\r\nBALANCE inl\r\n").unwrap();
+    let r = read_replies(&mut s, 4);
+    assert_eq!(r[0], ":10");
+    assert_eq!(r[1], "+PONG");
+    assert_eq!(r[2], "a b");
+    assert_eq!(r[3], "[available,:10,held,:0,spent,:0,expired,:0,granted,:10]");
+    // RESP3: maps.
+    s.write_all(b"HELLO 3\r\nBALANCE inl\r\nCLIENT SETNAME me\r\nCLIENT GETNAME\r\nSELECT 0\r\nSELECT 1\r\n").unwrap();
+    let r = read_replies(&mut s, 6);
+    assert!(r[0].contains("creditd") && r[0].contains(":3"), "{}", r[0]);
+    assert_eq!(r[1], "[available,:10,held,:0,spent,:0,expired,:0,granted,:10]");
+    assert_eq!(r[2], "+OK");
+    assert_eq!(r[3], "me");
+    assert_eq!(r[4], "+OK");
+    assert!(r[5].starts_with("-ERR"));
+    // COMMAND (for redis-cli), CONFIG GET (for redis-benchmark), CLOCK without --test-clock.
+    s.write_all(b"COMMAND COUNT\r\nCONFIG GET save\r\nCLOCK GET\r\nQUIT\r\n").unwrap();
+    let r = read_replies(&mut s, 4);
+    assert!(r[0].starts_with(':'));
+    assert_eq!(r[1], "[]");
+    assert!(r[2].starts_with("-ERR"));
+    assert_eq!(r[3], "+OK");
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "QUIT closes");
+}
+
+#[test]
+fn protocol_errors_close_only_that_connection() {
+    let srv = Creditd::start(&[]);
+    let mut ok = srv.client();
+    for bad in [
+        &b"*1\r\n$abc\r\n"[..],
+        b"*999999999999\r\n",
+        b"*2\r\n$4\r\nPING\r\n:12\r\n",
+        b"*1\r\n$999999999\r\n",
+        b"\"unbalanced\r\n",
+    ] {
+        let mut s = srv.raw();
+        s.write_all(bad).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("-ERR Protocol error"), "{bad:?} -> {text:?}");
+    }
+    assert_eq!(cmd(&mut ok, &["PING"]), Ok(redis::Value::SimpleString("PONG".into())));
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A tiny xorshift so the test needs no RNG crate features.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn hostile_input_never_crashes_or_grows_without_bound() {
+    let srv = Creditd::start(&[]);
+    let pid = srv.pid();
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "h", "g", "1000"]);
+    let rss_before = rss_kb(pid);
+    // Random bytes on many connections.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..200 {
+        let mut s = srv.raw();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let len = (next(&mut seed) % 4096) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next(&mut seed) as u8).collect();
+        let _ = s.write_all(&bytes);
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf);
+    }
+    // Giant declared lengths and half frames, then hang up.
+    for bad in [&b"*1024\r\n$1048576\r\nabc"[..], b"*3\r\n$7\r\nRESERVE\r\n$1\r\n", b"$99999"] {
+        let mut s = srv.raw();
+        s.write_all(bad).unwrap();
+        drop(s);
+    }
+    // An inline line that never ends: refused at 64 KiB, not buffered.
+    let mut s = srv.raw();
+    let _ = s.write_all(&vec![b'a'; 200 * 1024]);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(String::from_utf8_lossy(&buf).starts_with("-ERR Protocol error"));
+    // 1,000 idle connections.
+    let idle: Vec<_> = (0..1000).map(|_| srv.raw()).collect();
+    assert_eq!(int(&mut c, &["RESERVE", "h", "r1", "10"]), 10);
+    let rss_idle = rss_kb(pid);
+    drop(idle);
+    // A client that never reads: the server stops reading it instead of buffering.
+    let mut greedy = srv.raw();
+    greedy.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let chunk = b"BALANCE h\r\n".repeat(10_000);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(3) {
+        match greedy.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break, // the server stopped reading: backpressure
+        }
+        if sent > 400 * 1024 * 1024 {
+            break;
+        }
+    }
+    let rss_greedy = rss_kb(pid);
+    assert!(sent < 400 * 1024 * 1024, "server kept reading a client that never reads");
+    drop(greedy);
+    assert_eq!(int(&mut c, &["RESERVE", "h", "r2", "10"]), 10);
+    assert_conserved(balance(&mut c, "h"));
+    // Memory stays bounded: well under 200 MiB above the start.
+    for rss in [rss_idle, rss_greedy] {
+        assert!(
+            rss < rss_before + 200 * 1024,
+            "rss grew from {rss_before} kB to {rss} kB"
+        );
+    }
+}
+
+#[test]
+fn connection_limit_answers_max_clients() {
+    let dir = temp_dir("maxclients");
+    let config = dir.join("creditd.toml");
+    std::fs::write(&config, "max_clients = 3\n").unwrap();
+    let srv = Creditd::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let keep: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = srv.raw();
+            s.write_all(b"PING\r\n").unwrap();
+            read_replies(&mut s, 1);
+            s
+        })
+        .collect();
+    let mut extra = srv.raw();
+    let mut buf = Vec::new();
+    let _ = extra.read_to_end(&mut buf);
+    assert_eq!(String::from_utf8_lossy(&buf), "-ERR max number of clients reached\r\n");
+    drop(keep);
+}
