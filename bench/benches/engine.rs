@@ -1,1 +1,162 @@
-fn main() {}
+//! Engine benchmarks over 1,000,000 accounts: RESERVE+COMMIT pairs, DEBIT,
+//! BALANCE, priced RESERVE, the expiry sweep; one and two threads; uniform
+//! and Zipf (s = 0.99) keys.
+//!
+//! `cargo bench -p creditd-bench --bench engine`
+
+use creditd_bench::{id_into, loaded_engine, reserve_commit, Keys, ACCOUNTS};
+use creditd_engine::command::{Charge, Mutation};
+use creditd_engine::id::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static HOLD_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn single_thread(c: &mut Criterion) {
+    let engine = loaded_engine(ACCOUNTS, 1_000_000_000);
+    let mut g = c.benchmark_group("engine-1t");
+    g.throughput(Throughput::Elements(1));
+    for (name, mut keys) in [
+        ("uniform", Keys::uniform(ACCOUNTS, 1)),
+        ("zipf", Keys::zipf(ACCOUNTS, 2)),
+    ] {
+        g.bench_function(format!("reserve_commit/{name}"), |b| {
+            let mut a = [0u8; 32];
+            b.iter(|| {
+                let account = id_into(&mut a, b"acct:", keys.next());
+                let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
+                reserve_commit(&engine, account, n, Charge::Amount(3));
+            })
+        });
+        g.bench_function(format!("debit/{name}"), |b| {
+            let mut a = [0u8; 32];
+            let mut d = [0u8; 32];
+            b.iter(|| {
+                let account = id_into(&mut a, b"acct:", keys.next());
+                let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
+                let debit = id_into(&mut d, b"d:", n);
+                engine
+                    .execute(
+                        account,
+                        &Mutation::Debit {
+                            debit_id: Bytes(debit),
+                            charge: Charge::Amount(1),
+                        },
+                    )
+                    .expect("debit")
+            })
+        });
+        g.bench_function(format!("balance/{name}"), |b| {
+            let mut a = [0u8; 32];
+            b.iter(|| {
+                let account = id_into(&mut a, b"acct:", keys.next());
+                black_box(engine.balance(account))
+            })
+        });
+        g.bench_function(format!("priced_reserve_commit/{name}"), |b| {
+            let mut a = [0u8; 32];
+            b.iter(|| {
+                let account = id_into(&mut a, b"acct:", keys.next());
+                let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
+                let charge = Charge::Sku {
+                    sku: "image/flux-2-pro",
+                    qty: 4,
+                };
+                reserve_commit(&engine, account, n, charge);
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Two threads doing RESERVE+COMMIT pairs on their own key streams: the
+/// time for `iters` pairs per thread, so ops/s = 2 x the 1-thread figure at
+/// perfect scaling.
+fn two_threads(c: &mut Criterion) {
+    let engine = loaded_engine(ACCOUNTS, 1_000_000_000);
+    let mut g = c.benchmark_group("engine-2t");
+    g.throughput(Throughput::Elements(2));
+    for zipf in [false, true] {
+        let name = if zipf { "zipf" } else { "uniform" };
+        g.bench_function(format!("reserve_commit/{name}"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..2u64 {
+                        let engine = &engine;
+                        s.spawn(move || {
+                            let mut keys = if zipf {
+                                Keys::zipf(ACCOUNTS, 10 + t)
+                            } else {
+                                Keys::uniform(ACCOUNTS, 10 + t)
+                            };
+                            let mut a = [0u8; 32];
+                            for _ in 0..iters {
+                                let account = id_into(&mut a, b"acct:", keys.next());
+                                let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
+                                reserve_commit(engine, account, n, Charge::Amount(3));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The sweeper expiring holds: 10,000 accounts each with an abandoned hold
+/// whose TTL has passed.
+fn sweep(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine-sweep");
+    g.sample_size(10);
+    g.bench_function("expire_10k_holds", |b| {
+        b.iter_batched(
+            || {
+                let engine = loaded_engine(10_000, 1_000);
+                let mut a = [0u8; 32];
+                let mut h = [0u8; 32];
+                for n in 0..10_000 {
+                    let account = id_into(&mut a, b"acct:", n);
+                    let hold = id_into(&mut h, b"h:", n);
+                    engine
+                        .execute(
+                            account,
+                            &Mutation::Reserve {
+                                hold_id: Bytes(hold),
+                                charge: Charge::Amount(10),
+                                ttl_ms: Some(1),
+                            },
+                        )
+                        .expect("reserve");
+                }
+                std::thread::sleep(Duration::from_millis(3));
+                engine
+            },
+            |engine| {
+                let mut visited = 0;
+                while visited < 10_000 {
+                    let n = engine.sweep(4096);
+                    if n == 0 {
+                        break;
+                    }
+                    visited += n;
+                }
+                assert_eq!(engine.stats().open_holds, 0);
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = single_thread, two_threads, sweep
+}
+criterion_main!(benches);
