@@ -9,7 +9,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 
-const RESERVE: &[u8] = b"*4\r\n$7\r\nRESERVE\r\n$12\r\nacct:1234567\r\n$10\r\nh:98765432\r\n$1\r\n1\r\n";
+const RESERVE: &[u8] =
+    b"*4\r\n$7\r\nRESERVE\r\n$12\r\nacct:1234567\r\n$10\r\nh:98765432\r\n$1\r\n1\r\n";
 
 fn bench(c: &mut Criterion) {
     let limits = Limits::default();
@@ -39,7 +40,9 @@ fn bench(c: &mut Criterion) {
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse_inline", |b| {
-        b.iter(|| black_box(parse(black_box(b"RESERVE acct:1 h:2 1\r\n"), &limits, &mut frame).unwrap()))
+        b.iter(|| {
+            black_box(parse(black_box(b"RESERVE acct:1 h:2 1\r\n"), &limits, &mut frame).unwrap())
+        })
     });
     let mut out = Vec::with_capacity(64);
     g.bench_function("encode_integer", |b| {

@@ -629,15 +629,19 @@ impl Account {
             .is_none_or(|s| s.terms.includes(feature))
     }
 
+    /// RESERVE. `price` resolves the charge (entitlement, rate card) only
+    /// once the id is known to be new: a retry repeats its first reply even
+    /// if a plan change or CONFIG RELOAD would refuse the command now.
     pub fn reserve(
         &mut self,
         ctx: &mut Ctx,
         hold_id: &[u8],
-        charge: Priced,
+        request: Charge,
         ttl_ms: u64,
+        price: impl FnOnce(&Account) -> Result<Priced>,
     ) -> Result<Applied> {
         if let Some(h) = self.holds.get(hold_id) {
-            return if h.charge == charge.args && h.ttl_ms == ttl_ms {
+            return if h.charge.matches(&request) && h.ttl_ms == ttl_ms {
                 Ok(Applied::Repeated(h.amount))
             } else {
                 Err(EngineError::Conflict(
@@ -647,7 +651,7 @@ impl Account {
         }
         if let Some(done) = self.lookup_done(Ns::Hold, hold_id) {
             return match done {
-                Done::Hold(c) if c.charge == charge.args && c.ttl_ms == ttl_ms => {
+                Done::Hold(c) if c.charge.matches(&request) && c.ttl_ms == ttl_ms => {
                     Ok(Applied::Repeated(c.amount))
                 }
                 _ => Err(EngineError::Conflict(
@@ -661,6 +665,7 @@ impl Account {
                 ctx.limits.max_holds
             )));
         }
+        let charge = price(self)?;
         let amount = charge.amount;
         if amount > self.bal.available {
             return Err(insufficient(amount, self.bal.available));
@@ -854,10 +859,17 @@ impl Account {
         Ok(Applied::Changed(at))
     }
 
-    pub fn debit(&mut self, ctx: &mut Ctx, debit_id: &[u8], charge: Priced) -> Result<Applied> {
+    /// DEBIT. `price` as for [`Account::reserve`]: only for a new id.
+    pub fn debit(
+        &mut self,
+        ctx: &mut Ctx,
+        debit_id: &[u8],
+        request: Charge,
+        price: impl FnOnce(&Account) -> Result<Priced>,
+    ) -> Result<Applied> {
         if let Some(done) = self.lookup_done(Ns::Debit, debit_id) {
             return match done {
-                Done::Debit { args, reply } if *args == charge.args => {
+                Done::Debit { args, reply } if args.matches(&request) => {
                     Ok(Applied::Repeated(*reply))
                 }
                 _ => Err(EngineError::Conflict(
@@ -865,6 +877,7 @@ impl Account {
                 )),
             };
         }
+        let charge = price(self)?;
         if charge.amount > self.bal.available {
             return Err(insufficient(charge.amount, self.bal.available));
         }

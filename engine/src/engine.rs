@@ -269,20 +269,22 @@ fn apply(acct: &mut Account, ctx: &mut Ctx, m: &Mutation, r: Resolved) -> Result
             charge,
             ttl_ms,
         } => {
-            feature_ok(acct, &r)?;
-            let priced = price_charge(charge, r.price)?;
             let ttl_ms = ttl_ms.expect("ttl resolved before apply");
-            acct.reserve(ctx, hold_id.0, priced, ttl_ms)
+            // Entitlement and price only for a new id: a retry repeats its
+            // first reply (contract §4) even after a plan change or reload.
+            acct.reserve(ctx, hold_id.0, charge, ttl_ms, |acct| {
+                feature_ok(acct, &r)?;
+                price_charge(charge, r.price)
+            })
         }
         Mutation::Capture { hold_id, usage } => acct.capture(ctx, hold_id.0, usage),
         Mutation::Commit { hold_id, usage } => acct.commit(ctx, hold_id.0, usage),
         Mutation::Release { hold_id } => acct.release(ctx, hold_id.0),
         Mutation::Extend { hold_id, ttl_ms } => acct.extend(ctx, hold_id.0, ttl_ms),
-        Mutation::Debit { debit_id, charge } => {
+        Mutation::Debit { debit_id, charge } => acct.debit(ctx, debit_id.0, charge, |acct| {
             feature_ok(acct, &r)?;
-            let priced = price_charge(charge, r.price)?;
-            acct.debit(ctx, debit_id.0, priced)
-        }
+            price_charge(charge, r.price)
+        }),
         Mutation::Subscribe {
             plan,
             seats,
@@ -391,10 +393,12 @@ impl Engine {
                 | Mutation::Debit {
                     charge: Charge::Sku { sku, .. },
                     ..
-                } => Some(
+                } => {
+                    // An unknown sku is NOTFOUND from `price_charge`, after
+                    // the idempotency check (a sku dropped by CONFIG RELOAD
+                    // must not turn a retry into a refusal).
                     cat.sku(sku)
-                        .ok_or_else(|| EngineError::NotFound(format!("no such sku '{sku}'")))?,
-                ),
+                }
                 _ => None,
             },
             plan: match m {
@@ -632,6 +636,23 @@ impl Engine {
             }
         }
         taken
+    }
+
+    /// Marks an account changed (write-behind: its last write failed, or the
+    /// copy outside is older). A no-op without tracking or for an unknown account.
+    pub fn mark_dirty(&self, account: &[u8]) {
+        if !self.track_dirty {
+            return;
+        }
+        let mut shard = self.shard_of(account).lock();
+        let shard = &mut *shard;
+        if let Some(id) = shard
+            .accounts
+            .get_key_value(account)
+            .map(|(k, _)| k.clone())
+        {
+            shard.mark_dirty(true, &id);
+        }
     }
 
     /// How many accounts are waiting in the dirty lists.

@@ -28,6 +28,20 @@ pub enum ChargeArgs {
     Sku { sku: Arc<str>, qty: u64 },
 }
 
+impl ChargeArgs {
+    /// Whether `charge` repeats these arguments (a retry, not a conflict).
+    pub fn matches(&self, charge: &crate::command::Charge) -> bool {
+        use crate::command::Charge;
+        match (self, charge) {
+            (ChargeArgs::Amount(a), Charge::Amount(b)) => a == b,
+            (ChargeArgs::Sku { sku, qty }, Charge::Sku { sku: s, qty: q }) => {
+                &**sku == *s && qty == q
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An open hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {

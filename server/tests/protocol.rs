@@ -12,10 +12,18 @@ fn holds_lifecycle_and_error_codes() {
     let srv = Creditd::start(&[]);
     let mut c = srv.client();
     assert_eq!(int(&mut c, &["GRANT", "acme", "g1", "1000"]), 1000);
-    assert_eq!(int(&mut c, &["grant", "acme", "g1", "1000"]), 1000, "retry repeats the reply");
+    assert_eq!(
+        int(&mut c, &["grant", "acme", "g1", "1000"]),
+        1000,
+        "retry repeats the reply"
+    );
     assert!(err(&mut c, &["GRANT", "acme", "g1", "999"]).starts_with("CONFLICT"));
     assert_eq!(int(&mut c, &["RESERVE", "acme", "h1", "300"]), 300);
-    assert_eq!(int(&mut c, &["RESERVE", "acme", "h1", "300"]), 300, "idempotent");
+    assert_eq!(
+        int(&mut c, &["RESERVE", "acme", "h1", "300"]),
+        300,
+        "idempotent"
+    );
     assert!(err(&mut c, &["RESERVE", "acme", "h1", "301"]).starts_with("CONFLICT"));
     assert_eq!(balance(&mut c, "acme"), [700, 300, 0, 0, 1000]);
     // Cumulative captures: a lower total changes nothing.
@@ -37,7 +45,10 @@ fn holds_lifecycle_and_error_codes() {
     assert_eq!(int(&mut c, &["COMMIT", "acme", "h2", "150"]), 150);
     assert_eq!(balance(&mut c, "acme"), [640, 0, 360, 0, 1000]);
     // Release returns; repeated release repeats.
-    assert_eq!(int(&mut c, &["RESERVE", "acme", "h3", "40", "TTL", "5000"]), 40);
+    assert_eq!(
+        int(&mut c, &["RESERVE", "acme", "h3", "40", "TTL", "5000"]),
+        40
+    );
     assert_eq!(int(&mut c, &["RELEASE", "acme", "h3"]), 40);
     assert_eq!(int(&mut c, &["RELEASE", "acme", "h3"]), 40);
     assert!(err(&mut c, &["COMMIT", "acme", "h3"]).starts_with("CONFLICT"));
@@ -65,7 +76,10 @@ fn holds_lifecycle_and_error_codes() {
     assert!(err(&mut c, &["NOSUCH", "x"]).starts_with("ERR unknown command 'NOSUCH'"));
     // The connection survived all of that.
     assert_conserved(balance(&mut c, "acme"));
-    assert_eq!(cmd(&mut c, &["PING"]), Ok(redis::Value::SimpleString("PONG".into())));
+    assert_eq!(
+        cmd(&mut c, &["PING"]),
+        Ok(redis::Value::SimpleString("PONG".into()))
+    );
 }
 
 #[test]
@@ -73,15 +87,29 @@ fn account_history_quote_and_reads() {
     let srv = Creditd::start(&[]);
     let mut c = srv.client();
     int(&mut c, &["GRANT", "w", "pack", "500"]);
-    int(&mut c, &["GRANT", "w", "promo", "100", "KIND", "promo", "TTL", "3600000", "PRIORITY", "10"]);
+    int(
+        &mut c,
+        &[
+            "GRANT", "w", "promo", "100", "KIND", "promo", "TTL", "3600000", "PRIORITY", "10",
+        ],
+    );
     int(&mut c, &["RESERVE", "w", "job", "150"]);
     let acct = fields(&mut c, &["ACCOUNT", "w"]);
     let names: Vec<&str> = acct.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         names,
         [
-            "available", "held", "spent", "expired", "granted", "plan", "seats", "cycle_start",
-            "cycle_end", "buckets", "holds"
+            "available",
+            "held",
+            "spent",
+            "expired",
+            "granted",
+            "plan",
+            "seats",
+            "cycle_start",
+            "cycle_end",
+            "buckets",
+            "holds"
         ]
     );
     // Spending order: the promo (priority 10) went first, then the pack.
@@ -102,7 +130,11 @@ fn account_history_quote_and_reads() {
     assert_eq!(history.len(), 2);
     let newest = format!("{:?}", history[0]);
     assert!(newest.contains("reserve"), "newest first: {newest}");
-    assert_eq!(int(&mut c, &["QUOTE", "image/flux-2-pro", "4"]), 288, "80 x 4 less 10 %");
+    assert_eq!(
+        int(&mut c, &["QUOTE", "image/flux-2-pro", "4"]),
+        288,
+        "80 x 4 less 10 %"
+    );
     assert!(err(&mut c, &["QUOTE", "image/nope", "1"]).starts_with("NOTFOUND"));
 }
 
@@ -140,23 +172,31 @@ fn pipelined_10000_reserves_in_one_write() {
 fn inline_commands_resp3_and_connection_commands() {
     let srv = Creditd::start(&[]);
     let mut s = srv.raw();
-    s.write_all(b"GRANT inl g1 10\r\nPING\r\nECHO \"a b\"\r\n\r\nBALANCE inl\r\n").unwrap();
+    s.write_all(b"GRANT inl g1 10\r\nPING\r\nECHO \"a b\"\r\n\r\nBALANCE inl\r\n")
+        .unwrap();
     let r = read_replies(&mut s, 4);
     assert_eq!(r[0], ":10");
     assert_eq!(r[1], "+PONG");
     assert_eq!(r[2], "a b");
-    assert_eq!(r[3], "[available,:10,held,:0,spent,:0,expired,:0,granted,:10]");
+    assert_eq!(
+        r[3],
+        "[available,:10,held,:0,spent,:0,expired,:0,granted,:10]"
+    );
     // RESP3: maps.
     s.write_all(b"HELLO 3\r\nBALANCE inl\r\nCLIENT SETNAME me\r\nCLIENT GETNAME\r\nSELECT 0\r\nSELECT 1\r\n").unwrap();
     let r = read_replies(&mut s, 6);
     assert!(r[0].contains("creditd") && r[0].contains(":3"), "{}", r[0]);
-    assert_eq!(r[1], "[available,:10,held,:0,spent,:0,expired,:0,granted,:10]");
+    assert_eq!(
+        r[1],
+        "[available,:10,held,:0,spent,:0,expired,:0,granted,:10]"
+    );
     assert_eq!(r[2], "+OK");
     assert_eq!(r[3], "me");
     assert_eq!(r[4], "+OK");
     assert!(r[5].starts_with("-ERR"));
     // COMMAND (for redis-cli), CONFIG GET (for redis-benchmark), CLOCK without --test-clock.
-    s.write_all(b"COMMAND COUNT\r\nCONFIG GET save\r\nCLOCK GET\r\nQUIT\r\n").unwrap();
+    s.write_all(b"COMMAND COUNT\r\nCONFIG GET save\r\nCLOCK GET\r\nQUIT\r\n")
+        .unwrap();
     let r = read_replies(&mut s, 4);
     assert!(r[0].starts_with(':'));
     assert_eq!(r[1], "[]");
@@ -182,9 +222,15 @@ fn protocol_errors_close_only_that_connection() {
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
         let text = String::from_utf8_lossy(&buf);
-        assert!(text.starts_with("-ERR Protocol error"), "{bad:?} -> {text:?}");
+        assert!(
+            text.starts_with("-ERR Protocol error"),
+            "{bad:?} -> {text:?}"
+        );
     }
-    assert_eq!(cmd(&mut ok, &["PING"]), Ok(redis::Value::SimpleString("PONG".into())));
+    assert_eq!(
+        cmd(&mut ok, &["PING"]),
+        Ok(redis::Value::SimpleString("PONG".into()))
+    );
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -216,7 +262,8 @@ fn hostile_input_never_crashes_or_grows_without_bound() {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..200 {
         let mut s = srv.raw();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let len = (next(&mut seed) % 4096) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| next(&mut seed) as u8).collect();
         let _ = s.write_all(&bytes);
@@ -224,7 +271,11 @@ fn hostile_input_never_crashes_or_grows_without_bound() {
         let _ = s.read(&mut buf);
     }
     // Giant declared lengths and half frames, then hang up.
-    for bad in [&b"*1024\r\n$1048576\r\nabc"[..], b"*3\r\n$7\r\nRESERVE\r\n$1\r\n", b"$99999"] {
+    for bad in [
+        &b"*1024\r\n$1048576\r\nabc"[..],
+        b"*3\r\n$7\r\nRESERVE\r\n$1\r\n",
+        b"$99999",
+    ] {
         let mut s = srv.raw();
         s.write_all(bad).unwrap();
         drop(s);
@@ -242,7 +293,9 @@ fn hostile_input_never_crashes_or_grows_without_bound() {
     drop(idle);
     // A client that never reads: the server stops reading it instead of buffering.
     let mut greedy = srv.raw();
-    greedy.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let chunk = b"BALANCE h\r\n".repeat(10_000);
     let started = Instant::now();
     let mut sent = 0usize;
@@ -256,7 +309,10 @@ fn hostile_input_never_crashes_or_grows_without_bound() {
         }
     }
     let rss_greedy = rss_kb(pid);
-    assert!(sent < 400 * 1024 * 1024, "server kept reading a client that never reads");
+    assert!(
+        sent < 400 * 1024 * 1024,
+        "server kept reading a client that never reads"
+    );
     drop(greedy);
     assert_eq!(int(&mut c, &["RESERVE", "h", "r2", "10"]), 10);
     assert_conserved(balance(&mut c, "h"));
@@ -286,6 +342,9 @@ fn connection_limit_answers_max_clients() {
     let mut extra = srv.raw();
     let mut buf = Vec::new();
     let _ = extra.read_to_end(&mut buf);
-    assert_eq!(String::from_utf8_lossy(&buf), "-ERR max number of clients reached\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&buf),
+        "-ERR max number of clients reached\r\n"
+    );
     drop(keep);
 }

@@ -23,7 +23,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -62,6 +65,9 @@ fn main() {
     println!("accounts: {N}");
     println!("heap bytes per account with one bucket (incl. its grant's idempotency record and history entry): {per_account:.0}");
     println!("heap bytes per open hold (incl. its history entry): {per_hold:.0}");
-    println!("ids: account 'acct:<n>' ({} bytes avg), hold 'h:<n>'", 5 + 6);
+    println!(
+        "ids: account 'acct:<n>' ({} bytes avg), hold 'h:<n>'",
+        5 + 6
+    );
     drop(engine);
 }

@@ -3,7 +3,11 @@
 //!
 //! Data dir: `journal-<first_seq:020>.log` segments of [`frame`]s with contiguous seqs 1, 2, 3...
 //! across segments, and `snapshot-<first_seq:020>.snap` images that cover every record before
-//! `first_seq`. Segments are bounded in size so a snapshot can delete the old ones.
+//! `first_seq`. Segments are bounded in size so a snapshot can delete the old ones. The one
+//! exception to contiguity: [`Journal::open_with`] may be asked to continue numbering beyond the
+//! records on disk (state restored from elsewhere, e.g. Redis, already carries higher seqs); it
+//! then writes a `gap-<first_seq:020>.mark` file before the segment that starts after the jump,
+//! and recovery accepts that one jump.
 //!
 //! Why one writer thread with group commit: the engine appends while it holds an account shard
 //! lock, so an append only copies a frame into a shared buffer. The writer takes the whole buffer
@@ -144,7 +148,8 @@ pub struct OpenReport {
     pub records_replayed: u64,
     /// The last segment and the offset where an unacknowledged torn write was cut off.
     pub torn_tail: Option<(PathBuf, u64)>,
-    /// Highest seq on disk; the next append gets `last_seq + 1`.
+    /// Highest seq on disk; the next append gets `last_seq + 1`. Raised to `min_next_seq - 1`
+    /// when [`Journal::open_with`] jumped the numbering.
     pub last_seq: u64,
     /// Snapshots skipped because they failed their checks.
     pub warnings: Vec<String>,
@@ -250,26 +255,56 @@ impl Journal {
         replay_snapshot: impl FnOnce(u64, &[u8]) -> Result<(), String>,
         replay: impl FnMut(u64, &[u8]) -> Result<(), String>,
     ) -> Result<(Journal, OpenReport), JournalError> {
+        Journal::open_with(dir, mode, 1, on_durable, replay_snapshot, replay)
+    }
+
+    /// [`Journal::open`], and appends continue at `min_next_seq` or later: when the records on
+    /// disk end before `min_next_seq - 1` (an empty data dir, or a tail lost with the machine),
+    /// a new segment starts at `min_next_seq` behind a durable gap marker. For state recovered
+    /// from elsewhere (Redis) that already carries seqs up to `min_next_seq - 1`: new records
+    /// must number after them, or replay would take them for already applied.
+    pub fn open_with(
+        dir: &Path,
+        mode: FsyncMode,
+        min_next_seq: u64,
+        on_durable: Box<dyn Fn(u64) + Send + Sync>,
+        replay_snapshot: impl FnOnce(u64, &[u8]) -> Result<(), String>,
+        replay: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(Journal, OpenReport), JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
         let recovery = store::recover(dir, replay_snapshot, replay)?;
-        let report = recovery.report;
+        let mut report = recovery.report;
         if let Some(snapshot_seq) = report.snapshot_seq {
             // Left over when a crash came between writing a snapshot and deleting what it covers.
             store::remove_before(dir, snapshot_seq).map_err(|e| JournalError::io(dir, e))?;
         }
+        let jump = min_next_seq > report.last_seq + 1;
+        let create_after_jump = || {
+            store::write_gap_marker(dir, min_next_seq)
+                .and_then(|()| Segment::create(dir, min_next_seq))
+                .map_err(|e| JournalError::io(dir, e))
+        };
         let (segment, segment_count) = match recovery.last_segment {
             Some((first_seq, path, bytes_valid)) => {
-                let segment = Segment::open_at(path.clone(), first_seq, bytes_valid);
-                (
-                    segment.map_err(|e| JournalError::io(&path, e))?,
-                    recovery.segment_count,
-                )
+                // Opening cuts a torn tail, which must not stay in a segment that is not the last.
+                let segment = Segment::open_at(path.clone(), first_seq, bytes_valid)
+                    .map_err(|e| JournalError::io(&path, e))?;
+                if jump {
+                    drop(segment);
+                    (create_after_jump()?, recovery.segment_count + 1)
+                } else {
+                    (segment, recovery.segment_count)
+                }
             }
+            None if jump => (create_after_jump()?, 1),
             None => (
                 Segment::create(dir, report.last_seq + 1).map_err(|e| JournalError::io(dir, e))?,
                 1,
             ),
         };
+        if jump {
+            report.last_seq = min_next_seq - 1;
+        }
         assert!(
             segment.first_seq <= report.last_seq + 1,
             "appends continue the last segment"

@@ -20,14 +20,28 @@ pub(crate) fn snapshot_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("snapshot-{first_seq:020}.snap"))
 }
 
+/// A gap marker: the segment starting at `first_seq` may follow a jump in the numbering
+/// (`Journal::open_with` with a `min_next_seq` beyond the recovered records).
+pub(crate) fn gap_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("gap-{first_seq:020}.mark"))
+}
+
+/// Writes a gap marker durably (file and directory entry) before the segment it allows.
+pub(crate) fn write_gap_marker(dir: &Path, first_seq: u64) -> io::Result<()> {
+    let mut file = File::create(gap_path(dir, first_seq))?;
+    file.write_all(format!("{first_seq}\n").as_bytes())?;
+    file.sync_all()?;
+    sync_dir(dir)
+}
+
 fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
-/// First seqs of the segments and of the snapshots in `dir`, each sorted ascending.
-pub(crate) fn list(dir: &Path) -> io::Result<(Vec<u64>, Vec<u64>)> {
-    let (mut segments, mut snapshots) = (Vec::new(), Vec::new());
+/// First seqs of the segments, of the snapshots and of the gap markers, each sorted ascending.
+pub(crate) fn list_all(dir: &Path) -> io::Result<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+    let (mut segments, mut snapshots, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
@@ -35,11 +49,14 @@ pub(crate) fn list(dir: &Path) -> io::Result<(Vec<u64>, Vec<u64>)> {
             segments.push(seq);
         } else if let Some(seq) = parse_name(&name, "snapshot-", ".snap") {
             snapshots.push(seq);
+        } else if let Some(seq) = parse_name(&name, "gap-", ".mark") {
+            gaps.push(seq);
         }
     }
     segments.sort_unstable();
     snapshots.sort_unstable();
-    Ok((segments, snapshots))
+    gaps.sort_unstable();
+    Ok((segments, snapshots, gaps))
 }
 
 /// Makes a create, rename or delete in `dir` durable (a new file is lost on power failure
@@ -106,7 +123,7 @@ fn read_snapshot(path: &Path, first_seq: u64) -> Result<Vec<u8>, String> {
 /// ends before `first_seq` because `first_seq` itself starts a segment. Returns the number of
 /// segments deleted.
 pub(crate) fn remove_before(dir: &Path, first_seq: u64) -> io::Result<u64> {
-    let (segments, snapshots) = list(dir)?;
+    let (segments, snapshots, gaps) = list_all(dir)?;
     let mut removed_segments = 0;
     for &seq in segments.iter().filter(|&&seq| seq < first_seq) {
         fs::remove_file(segment_path(dir, seq))?;
@@ -114,6 +131,9 @@ pub(crate) fn remove_before(dir: &Path, first_seq: u64) -> io::Result<u64> {
     }
     for &seq in snapshots.iter().filter(|&&seq| seq < first_seq) {
         fs::remove_file(snapshot_path(dir, seq))?;
+    }
+    for &seq in gaps.iter().filter(|&&seq| seq < first_seq) {
+        fs::remove_file(gap_path(dir, seq))?;
     }
     sync_dir(dir)?;
     Ok(removed_segments)
@@ -128,7 +148,8 @@ pub(crate) struct Recovery {
 }
 
 /// Reads the latest valid snapshot and every later segment, handing them to the callbacks in
-/// order, and checks that seqs are contiguous. Changes nothing on disk.
+/// order, and checks that seqs are contiguous (a segment with a gap marker may start later than
+/// the seq expected: the numbering jumped there on purpose). Changes nothing on disk.
 ///
 /// Torn tail vs corruption: a crash can only tear the last write, so a bad or incomplete frame
 /// with nothing valid after it, in the last segment, is an unacknowledged write and is dropped.
@@ -140,7 +161,7 @@ pub(crate) fn recover(
     replay_snapshot: impl FnOnce(u64, &[u8]) -> Result<(), String>,
     mut replay: impl FnMut(u64, &[u8]) -> Result<(), String>,
 ) -> Result<Recovery, JournalError> {
-    let (segments, snapshots) = list(dir).map_err(|e| JournalError::io(dir, e))?;
+    let (segments, snapshots, gaps) = list_all(dir).map_err(|e| JournalError::io(dir, e))?;
     let mut warnings = Vec::new();
     let mut snapshot = None;
     for &seq in snapshots.iter().rev() {
@@ -175,6 +196,9 @@ pub(crate) fn recover(
     for (index, &first_seq) in live.iter().enumerate() {
         let path = segment_path(dir, first_seq);
         let is_last = index + 1 == live.len();
+        if first_seq > seq_expected && gaps.binary_search(&first_seq).is_ok() {
+            seq_expected = first_seq;
+        }
         if first_seq != seq_expected {
             let message = format!("segment starts at seq {first_seq} but seq {seq_expected} is next: records are missing");
             return Err(JournalError::corrupt(&path, 0, message));

@@ -377,3 +377,91 @@ fn journal_is_send_and_sync() {
     fn shareable<T: Send + Sync>() {}
     shareable::<Journal>();
 }
+
+fn open_min(dir: &Path, min_next_seq: u64) -> (Journal, OpenReport, Records) {
+    let mut records = Vec::new();
+    let (journal, report) = Journal::open_with(
+        dir,
+        FsyncMode::No,
+        min_next_seq,
+        Box::new(|_| {}),
+        |_, _| Ok(()),
+        |seq, payload| {
+            records.push((seq, payload.to_vec()));
+            Ok(())
+        },
+    )
+    .unwrap();
+    (journal, report, records)
+}
+
+#[test]
+fn min_next_seq_continues_numbering_after_state_restored_elsewhere() {
+    // An empty data dir: the first segment starts at min_next_seq, behind a gap marker.
+    let dir = TempDir::new("min-next-seq");
+    let (journal, report, records) = open_min(&dir.0, 100);
+    assert_eq!((report.last_seq, records.len()), (99, 0));
+    assert_eq!(
+        journal.durable_seq(),
+        99,
+        "nothing below 100 waits for the disk"
+    );
+    assert_eq!(append(&journal, b"a"), 100);
+    assert_eq!(append(&journal, b"b"), 101);
+    journal.shutdown().unwrap();
+    drop(journal);
+    assert!(store::gap_path(&dir.0, 100).exists());
+    let (journal, report, _, records) = open(&dir.0).unwrap();
+    assert_eq!(report.last_seq, 101);
+    assert_eq!(records, vec![(100, b"a".to_vec()), (101, b"b".to_vec())]);
+    journal.shutdown().unwrap();
+    drop(journal);
+
+    // Records on disk, a lower or equal min_next_seq: no jump.
+    let (journal, report, _) = open_min(&dir.0, 102);
+    assert_eq!(report.last_seq, 101);
+    assert_eq!(append(&journal, b"c"), 102);
+    journal.shutdown().unwrap();
+    drop(journal);
+
+    // Records on disk that end before min_next_seq (a lost tail), with a torn last write: the
+    // torn bytes are cut from the old segment and a new one starts after the jump.
+    let old_segment = segment_path(&dir.0, 100);
+    let mut torn = fs::read(&old_segment).unwrap();
+    torn.extend_from_slice(&[1, 2, 3]);
+    fs::write(&old_segment, &torn).unwrap();
+    let (journal, report, records) = open_min(&dir.0, 500);
+    assert_eq!((report.last_seq, records.len()), (499, 3));
+    assert_eq!(append(&journal, b"d"), 500);
+    journal.shutdown().unwrap();
+    drop(journal);
+    let (journal, report, _, records) = open(&dir.0).unwrap();
+    assert_eq!(report.last_seq, 500);
+    let seqs: Vec<u64> = records.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, vec![100, 101, 102, 500]);
+
+    // A snapshot after the jump drops the segments and markers it covers.
+    assert_eq!(journal.rotate().unwrap(), 501);
+    journal.write_snapshot(501, b"state before 501").unwrap();
+    assert!(!store::gap_path(&dir.0, 100).exists());
+    assert!(!store::gap_path(&dir.0, 500).exists());
+    assert_eq!(append(&journal, b"e"), 501);
+    journal.shutdown().unwrap();
+    drop(journal);
+    let (journal, report, snapshot, records) = open(&dir.0).unwrap();
+    assert_eq!(snapshot.map(|(seq, _)| seq), Some(501));
+    assert_eq!((report.last_seq, records.len()), (501, 1));
+    journal.shutdown().unwrap();
+}
+
+#[test]
+fn a_jump_without_its_gap_marker_is_refused() {
+    let dir = TempDir::new("gap-missing");
+    let (journal, ..) = open_min(&dir.0, 10);
+    assert_eq!(append(&journal, b"a"), 10);
+    journal.shutdown().unwrap();
+    drop(journal);
+    fs::remove_file(store::gap_path(&dir.0, 10)).unwrap();
+    let error = open(&dir.0).err().expect("records 1..9 are missing");
+    assert!(error.message.contains("missing"), "{error}");
+}

@@ -104,10 +104,18 @@ impl Creditd {
                     }
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("creditd exited early ({status}); log:\n{}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "creditd did not start; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "creditd did not start; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -124,7 +132,8 @@ impl Creditd {
     pub fn client(&self) -> redis::Connection {
         let c = redis::Client::open(self.url()).expect("client");
         let conn = c.get_connection().expect("connect");
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         conn
     }
 
@@ -186,7 +195,11 @@ impl Drop for Creditd {
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("http response");
     let status: u16 = resp
@@ -194,7 +207,11 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
     (status, body)
 }
 
@@ -308,5 +325,9 @@ pub fn as_string(v: &redis::Value) -> String {
 
 /// Conservation: granted = available + held + spent + expired.
 pub fn assert_conserved(b: [i64; 5]) {
-    assert_eq!(b[4], b[0] + b[1] + b[2] + b[3], "conservation broken: {b:?}");
+    assert_eq!(
+        b[4],
+        b[0] + b[1] + b[2] + b[3],
+        "conservation broken: {b:?}"
+    );
 }
