@@ -15,6 +15,7 @@ use crate::hold::{ChargeArgs, ClosedHold, Hold, HoldOutcome, Portion};
 use crate::id::{id_serde, Id};
 use crate::plan::Subscription;
 use crate::pricing::SkuPrice;
+use crate::smallmap::SmallMap;
 use crate::MAX_AMOUNT;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -166,9 +167,9 @@ pub struct Account {
     /// Buckets in spending order. Holds every bucket with credits left, plus
     /// emptied or expired ones that open holds still reference.
     pub(crate) buckets: Vec<Bucket>,
-    pub(crate) holds: Map<Id, Hold>,
+    pub(crate) holds: SmallMap<Id, Hold>,
     /// Idempotency records keyed by namespace byte + id.
-    pub(crate) done: Map<Id, Done>,
+    pub(crate) done: SmallMap<Id, Done>,
     /// Finish instants of `done`, oldest first, for pruning.
     pub(crate) done_order: VecDeque<DoneAt>,
     pub(crate) history: VecDeque<HistoryEntry>,
@@ -188,6 +189,15 @@ fn done_key(ns: Ns, id: &[u8], buf: &mut [u8; 1 + crate::id::MAX_ID_BYTES]) -> u
     buf[0] = ns as u8;
     buf[1..1 + id.len()].copy_from_slice(id);
     1 + id.len()
+}
+
+/// Grows a small deque by one slot instead of to four: most accounts keep
+/// only a few history entries and idempotency records.
+#[inline]
+fn grow_exact<T>(d: &mut VecDeque<T>) {
+    if d.len() == d.capacity() && d.len() < 8 {
+        d.reserve_exact(1);
+    }
 }
 
 fn insufficient(need: u64, available: u64) -> EngineError {
@@ -242,6 +252,7 @@ impl Account {
             self.history.pop_front();
         }
         self.history_seq += 1;
+        grow_exact(&mut self.history);
         self.history.push_back(HistoryEntry {
             seq: self.history_seq,
             at_ms,
@@ -271,6 +282,7 @@ impl Account {
             }
         }
         self.done.insert(key.clone(), record);
+        grow_exact(&mut self.done_order);
         self.done_order.push_back(DoneAt {
             finished_ms: ctx.now_ms,
             key,

@@ -27,6 +27,7 @@ pub mod id;
 pub mod journal;
 pub mod plan;
 pub mod pricing;
+pub mod smallmap;
 
 /// Largest credit amount (or quantity) one command may carry (contract §1).
 pub const MAX_AMOUNT: u64 = 1_000_000_000_000_000;

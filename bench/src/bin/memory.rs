@@ -69,5 +69,14 @@ fn main() {
         "ids: account 'acct:<n>' ({} bytes avg), hold 'h:<n>'",
         5 + 6
     );
+    use std::mem::size_of;
+    println!(
+        "sizes: Account {} B, Bucket {} B, Hold {} B, Done {} B, HistoryEntry {} B",
+        size_of::<creditd_engine::account::Account>(),
+        size_of::<creditd_engine::bucket::Bucket>(),
+        size_of::<creditd_engine::hold::Hold>(),
+        size_of::<creditd_engine::account::Done>(),
+        size_of::<creditd_engine::history::HistoryEntry>(),
+    );
     drop(engine);
 }
