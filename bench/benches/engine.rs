@@ -25,7 +25,7 @@ fn single_thread(c: &mut Criterion) {
         g.bench_function(format!("reserve_commit/{name}"), |b| {
             let mut a = [0u8; 32];
             b.iter(|| {
-                let account = id_into(&mut a, b"acct:", keys.next());
+                let account = id_into(&mut a, b"acct:", keys.next_key());
                 let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
                 reserve_commit(&engine, account, n, Charge::Amount(3));
             })
@@ -34,7 +34,7 @@ fn single_thread(c: &mut Criterion) {
             let mut a = [0u8; 32];
             let mut d = [0u8; 32];
             b.iter(|| {
-                let account = id_into(&mut a, b"acct:", keys.next());
+                let account = id_into(&mut a, b"acct:", keys.next_key());
                 let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
                 let debit = id_into(&mut d, b"d:", n);
                 engine
@@ -51,14 +51,14 @@ fn single_thread(c: &mut Criterion) {
         g.bench_function(format!("balance/{name}"), |b| {
             let mut a = [0u8; 32];
             b.iter(|| {
-                let account = id_into(&mut a, b"acct:", keys.next());
+                let account = id_into(&mut a, b"acct:", keys.next_key());
                 black_box(engine.balance(account))
             })
         });
         g.bench_function(format!("priced_reserve_commit/{name}"), |b| {
             let mut a = [0u8; 32];
             b.iter(|| {
-                let account = id_into(&mut a, b"acct:", keys.next());
+                let account = id_into(&mut a, b"acct:", keys.next_key());
                 let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
                 let charge = Charge::Sku {
                     sku: "image/flux-2-pro",
@@ -94,7 +94,7 @@ fn two_threads(c: &mut Criterion) {
                             };
                             let mut a = [0u8; 32];
                             for _ in 0..iters {
-                                let account = id_into(&mut a, b"acct:", keys.next());
+                                let account = id_into(&mut a, b"acct:", keys.next_key());
                                 let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
                                 reserve_commit(engine, account, n, Charge::Amount(3));
                             }

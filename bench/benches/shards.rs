@@ -91,7 +91,7 @@ fn run(threads: u64, iters: u64, f: impl Fn(&[u8]) + Sync) -> Duration {
                 let mut keys = Keys::uniform(ACCOUNTS, 100 + t);
                 let mut a = [0u8; 32];
                 for _ in 0..iters {
-                    f(id_into(&mut a, b"acct:", keys.next()));
+                    f(id_into(&mut a, b"acct:", keys.next_key()));
                 }
             });
         }

@@ -77,7 +77,7 @@ impl Keys {
         )
     }
     #[inline]
-    pub fn next(&mut self) -> u64 {
+    pub fn next_key(&mut self) -> u64 {
         match self {
             Keys::Uniform(rng, n) => rng.random_range(0..*n),
             Keys::Zipf(rng, z) => z.sample(rng) as u64 - 1,
