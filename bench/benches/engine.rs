@@ -10,6 +10,10 @@ use creditd_engine::id::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
+/// The same allocator as the server binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 static HOLD_SEQ: AtomicU64 = AtomicU64::new(0);

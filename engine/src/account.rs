@@ -754,7 +754,8 @@ impl Account {
     }
 
     pub fn capture(&mut self, ctx: &mut Ctx, hold_id: &[u8], usage: Usage) -> Result<Applied> {
-        let Some(mut hold) = self.holds.remove(hold_id) else {
+        // The hold's own key is reused below: no allocation per capture.
+        let Some((id, mut hold)) = self.holds.remove_entry(hold_id) else {
             return Err(self.closed_hold_error(hold_id, "capture"));
         };
         let result = (|| {
@@ -767,7 +768,6 @@ impl Account {
             hold.captured = total;
             Ok(Applied::Changed(delta))
         })();
-        let id: Id = Arc::from(hold_id);
         let captured = hold.captured;
         self.holds.insert(id.clone(), hold);
         match result? {
@@ -785,7 +785,7 @@ impl Account {
         hold_id: &[u8],
         usage: Option<Usage>,
     ) -> Result<Applied> {
-        let Some(mut hold) = self.holds.remove(hold_id) else {
+        let Some((id, mut hold)) = self.holds.remove_entry(hold_id) else {
             if let Some(Done::Hold(c)) = self.lookup_done(Ns::Hold, hold_id) {
                 if let HoldOutcome::Committed { usage: u, total } = c.outcome {
                     return if u == usage {
@@ -812,13 +812,12 @@ impl Account {
         let final_total = match settled {
             Ok(t) => t,
             Err(e) => {
-                self.holds.insert(Arc::from(hold_id), hold);
+                self.holds.insert(id, hold);
                 return Err(e);
             }
         };
         let portions = std::mem::take(&mut hold.portions);
         self.return_portions(ctx.limits, &portions, ctx.now_ms);
-        let id: Id = Arc::from(hold_id);
         self.log(ctx.limits, ctx.now_ms, Op::Commit, id, final_total);
         let closed = ClosedHold {
             charge: hold.charge,
@@ -835,7 +834,7 @@ impl Account {
     }
 
     pub fn release(&mut self, ctx: &mut Ctx, hold_id: &[u8]) -> Result<Applied> {
-        let Some(hold) = self.holds.remove(hold_id) else {
+        let Some((id, hold)) = self.holds.remove_entry(hold_id) else {
             return match self.lookup_done(Ns::Hold, hold_id) {
                 Some(Done::Hold(c)) => match c.outcome {
                     HoldOutcome::Released { returned } => Ok(Applied::Repeated(returned)),
@@ -848,7 +847,6 @@ impl Account {
             };
         };
         let returned = self.return_portions(ctx.limits, &hold.portions, ctx.now_ms);
-        let id: Id = Arc::from(hold_id);
         self.log(ctx.limits, ctx.now_ms, Op::Release, id, returned);
         let closed = ClosedHold {
             charge: hold.charge,
