@@ -1,9 +1,13 @@
 //! Persistence glue: the journal behind the engine, recovery at start, and
 //! fuzzy snapshots that keep the journal (and restart time) bounded.
 
+use creditd_engine::account::Account;
 use creditd_engine::engine::JournalSink;
+use creditd_engine::id::Id;
 use creditd_engine::journal::{FsyncMode, Journal, OpenReport};
 use creditd_engine::Engine;
+use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -52,8 +56,41 @@ pub fn snapshot_body(engine: &Engine) -> Vec<u8> {
     body
 }
 
-/// Loads a snapshot body into the engine.
-pub fn restore_snapshot(engine: &Engine, body: &[u8]) -> Result<usize, String> {
+/// What Redis held when the server started (`--redis`): recovery builds on it.
+#[derive(Default)]
+pub struct RedisBase {
+    /// Journal appends continue at this seq or later: after every version Redis holds.
+    pub min_next_seq: u64,
+    /// Every account Redis holds, with its [`account_version`] there.
+    pub versions: HashMap<Id, (u64, u64)>,
+}
+
+/// The version of an account's state: the last journal record applied to it,
+/// then its last history entry (time-driven changes such as expiries and
+/// renewals add history without a journal record). Both only grow, so a
+/// greater pair is a newer state.
+pub fn account_version(acct: &Account) -> (u64, u64) {
+    let history_seq = acct.history(1).first().map_or(0, |e| e.seq);
+    (acct.applied_seq, history_seq)
+}
+
+/// One shard's part of a snapshot, as `Engine::snapshot_shard` writes it (a
+/// list of (id as a byte string, account); postcard encodes a byte string and
+/// a `Vec<u8>` alike). Decoded here only when Redis is on, to learn which
+/// accounts the snapshot has newer than Redis.
+#[derive(Deserialize)]
+struct SnapshotPart {
+    accounts: Vec<(Vec<u8>, Account)>,
+}
+
+/// Loads a snapshot body into the engine. With `redis`, every account the
+/// snapshot holds newer than Redis is marked dirty, so the write-behind
+/// brings Redis up to date (replayed records mark their accounts themselves).
+pub fn restore_snapshot(
+    engine: &Engine,
+    body: &[u8],
+    redis: Option<&RedisBase>,
+) -> Result<usize, String> {
     if body.len() < 12 || &body[..8] != SNAPSHOT_MAGIC {
         return Err("not a creditd snapshot".into());
     }
@@ -65,13 +102,33 @@ pub fn restore_snapshot(engine: &Engine, body: &[u8]) -> Result<usize, String> {
         let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
         at += 8;
         let part = body.get(at..at + len).ok_or("snapshot truncated")?;
-        accounts += engine.restore_shard(part)?;
+        accounts += match redis {
+            None => engine.restore_shard(part)?,
+            Some(base) => restore_part_marking(engine, part, base)?,
+        };
         at += len;
     }
     if at != body.len() {
         return Err("snapshot has trailing bytes".into());
     }
     Ok(accounts)
+}
+
+fn restore_part_marking(engine: &Engine, part: &[u8], base: &RedisBase) -> Result<usize, String> {
+    let part: SnapshotPart =
+        postcard::from_bytes(part).map_err(|e| format!("undecodable snapshot: {e}"))?;
+    let n = part.accounts.len();
+    for (id, acct) in part.accounts {
+        let newer = base
+            .versions
+            .get(id.as_slice())
+            .is_none_or(|&in_redis| account_version(&acct) > in_redis);
+        engine.restore_account(&id, acct)?;
+        if newer {
+            engine.mark_dirty(&id);
+        }
+    }
+    Ok(n)
 }
 
 /// What recovery found.
@@ -85,12 +142,16 @@ pub struct Recovery {
 }
 
 /// Opens the journal, restores the latest snapshot and replays the rest
-/// into `engine`, then checks every account's invariants.
+/// into `engine`, then checks every account's invariants. With `redis` (the
+/// accounts Redis held, already restored into `engine`), records the Redis
+/// state already reflects are skipped by `applied_seq`, and the journal
+/// continues numbering after everything Redis holds.
 pub fn recover(
     engine: &Engine,
     dir: &Path,
     mode: FsyncMode,
     durable: watch::Sender<u64>,
+    redis: Option<&RedisBase>,
 ) -> Result<Recovery, String> {
     let started = Instant::now();
     let max_at = AtomicU64::new(0);
@@ -98,12 +159,14 @@ pub fn recover(
     let on_durable = Box::new(move |seq: u64| {
         durable.send_replace(seq);
     });
-    let (journal, report) = Journal::open(
+    let min_next_seq = redis.map_or(1, |r| r.min_next_seq.max(1));
+    let (journal, report) = Journal::open_with(
         dir,
         mode,
+        min_next_seq,
         on_durable,
         |_, body| {
-            snapshot_accounts = restore_snapshot(engine, body)?;
+            snapshot_accounts = restore_snapshot(engine, body, redis)?;
             Ok(())
         },
         |seq, payload| {
@@ -134,4 +197,77 @@ pub fn take_snapshot(engine: &Engine, journal: &Journal) -> std::io::Result<(u64
     let body = snapshot_body(engine);
     journal.write_snapshot(first_seq, &body)?;
     Ok((first_seq, body.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use creditd_engine::bucket::BucketKind;
+    use creditd_engine::clock::SystemClock;
+    use creditd_engine::config::Config;
+    use creditd_engine::id::Bytes;
+    use creditd_engine::{Expiry, MemoryJournal, Mutation};
+
+    fn engine() -> Engine {
+        Engine::new(
+            Config::builtin(),
+            Arc::new(SystemClock),
+            Arc::new(MemoryJournal::discarding()),
+        )
+        .track_dirty(true)
+    }
+
+    fn grant(engine: &Engine, account: &[u8], id: &[u8]) {
+        let m = Mutation::Grant {
+            grant_id: Bytes(id),
+            amount: 100,
+            kind: BucketKind::Prepaid,
+            expiry: Expiry::Never,
+            priority: 50,
+        };
+        engine.execute(account, &m).unwrap();
+    }
+
+    fn dirty(engine: &Engine) -> Vec<Vec<u8>> {
+        let mut ids = Vec::new();
+        engine.take_dirty(usize::MAX, |id, _| ids.push(id.to_vec()));
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn snapshot_accounts_newer_than_redis_are_marked_dirty() {
+        let source = engine();
+        for account in [&b"same"[..], b"older-in-redis", b"absent"] {
+            grant(&source, account, b"g1");
+        }
+        grant(&source, b"older-in-redis", b"g2");
+        let body = snapshot_body(&source);
+        let version = |account: &[u8]| {
+            let mut v = (0, 0);
+            source.take_dirty(usize::MAX, |_, _| {});
+            source.mark_dirty(account);
+            source.take_dirty(1, |_, acct| v = account_version(acct));
+            v
+        };
+        let mut base = RedisBase::default();
+        base.versions
+            .insert(Arc::from(&b"same"[..]), version(b"same"));
+        let (applied, history) = version(b"older-in-redis");
+        base.versions
+            .insert(Arc::from(&b"older-in-redis"[..]), (applied, history - 1));
+
+        let restored = engine();
+        assert_eq!(restore_snapshot(&restored, &body, Some(&base)), Ok(3));
+        assert_eq!(
+            dirty(&restored),
+            vec![b"absent".to_vec(), b"older-in-redis".to_vec()]
+        );
+        assert_eq!(restored.balance(b"older-in-redis").available, 200);
+
+        let plain = engine();
+        assert_eq!(restore_snapshot(&plain, &body, None), Ok(3));
+        assert!(dirty(&plain).is_empty());
+        assert_eq!(plain.balance(b"same").available, 100);
+    }
 }

@@ -67,7 +67,28 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
     let tokens = config.tokens.clone();
     let snapshot_every = config.settings.snapshot_every_records;
     let slot = Arc::new(JournalSlot::default());
-    let engine = Arc::new(Engine::new(config, clock, slot.clone()));
+    let engine =
+        Arc::new(Engine::new(config, clock, slot.clone()).track_dirty(opts.redis.is_some()));
+
+    // With --redis, recovery starts from what Redis holds, before the journal
+    // is opened: the journal then replays only what Redis lacks (records an
+    // account already reflects are skipped by its applied_seq) and continues
+    // numbering after the highest version in Redis.
+    let mut loaded = None;
+    if let Some(url) = &opts.redis {
+        *probes.recovering_reason.lock() = "loading state from Redis".into();
+        let started = Instant::now();
+        let l = crate::writebehind::load(&engine, url).await?;
+        tracing::info!(
+            accounts = l.accounts,
+            min_next_seq = l.base.min_next_seq,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded state from Redis"
+        );
+        *probes.recovering_reason.lock() = "recovering".into();
+        loaded = Some(l);
+    }
+    let base = loaded.as_mut().map(|l| std::mem::take(&mut l.base));
 
     let (durable_tx, _) = watch::channel(0u64);
     let fsync = match opts.fsync {
@@ -80,9 +101,16 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         let engine = engine.clone();
         let dir = opts.data_dir.clone();
         let tx = durable_tx.clone();
-        tokio::task::spawn_blocking(move || persist::recover(&engine, &dir, fsync, tx))
-            .await
-            .map_err(|e| format!("recovery panicked: {e}"))??
+        let (recovery, base) = tokio::task::spawn_blocking(move || {
+            let recovery = persist::recover(&engine, &dir, fsync, tx, base.as_ref());
+            (recovery, base)
+        })
+        .await
+        .map_err(|e| format!("recovery panicked: {e}"))?;
+        if let (Some(l), Some(base)) = (loaded.as_mut(), base) {
+            l.base = base;
+        }
+        recovery?
     };
     if let Some((file, offset)) = &recovery.report.torn_tail {
         tracing::warn!(file = %file.display(), offset, "cut off a torn last journal record (it was never acknowledged)");
@@ -122,8 +150,8 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         next_client_id: AtomicU64::new(0),
         redis: RwLock::new(None),
     });
-    if let Some(url) = &opts.redis {
-        crate::writebehind::start(app.clone(), url.clone()).await?;
+    if let Some(loaded) = loaded {
+        crate::writebehind::start(app.clone(), loaded)?;
     }
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,279 @@
+//! Helpers for the Redis write-behind tests: a real `redis-server` and the
+//! real `creditd` binary, each on free loopback ports, in temp dirs.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A unique temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "creditd-redis-test-{name}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A `redis-server` without persistence on a free loopback port.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: TempDir::new("redis"),
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts (again) on the same port, empty.
+    pub fn restart(&mut self) {
+        kill9(&mut self.child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (apt-get install redis-server)");
+            if wait_until(Duration::from_secs(5), || self.ping()) {
+                self.child = Some(child);
+                return;
+            }
+            // Port still held (a previous server not gone yet): try again.
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(Instant::now() < deadline, "redis-server did not start");
+        }
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).unwrap();
+        let conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to redis-server");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// The real creditd binary on free loopback ports.
+pub struct Creditd {
+    child: Option<Child>,
+    pub port: u16,
+    pub http: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Creditd {
+    /// Starts creditd with `data_dir` and `args` and waits until it answers PING.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Creditd {
+        let mut c = Creditd {
+            child: None,
+            port: 0,
+            http: 0,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts again (after `kill9`), on new ports, same data dir and args.
+    pub fn restart(&mut self) {
+        kill9(&mut self.child);
+        self.port = free_port();
+        self.http = free_port();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open creditd log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", self.http))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn creditd");
+        let port = self.port;
+        let started = wait_until(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("creditd exited with {status}:\n{}", self.log_text());
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        self.child = Some(child);
+        assert!(started, "creditd did not start:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
+        let conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to creditd");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// SIGTERM, then waits for the exit (graceful shutdown).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// A GET on the HTTP probe port: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.http)).expect("connect http");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Creditd {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// A numeric field of `INFO persistence`.
+pub fn info_field(conn: &mut redis::Connection, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query(conn)
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
