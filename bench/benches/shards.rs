@@ -20,22 +20,29 @@ struct Totals {
     held: u64,
 }
 
+/// Padded to two cache lines, as the engine's shards are, so neighbouring
+/// locks don't share a line.
+#[repr(align(128))]
+struct Padded<T>(T);
+
 struct Sharded {
     hasher: foldhash::fast::FixedState,
-    shards: Vec<Mutex<HashMap<Key, Totals, foldhash::fast::RandomState>>>,
+    shards: Vec<Padded<Mutex<HashMap<Key, Totals, foldhash::fast::RandomState>>>>,
 }
 
 impl Sharded {
     fn new(n: usize) -> Self {
         Sharded {
             hasher: foldhash::fast::FixedState::with_seed(7),
-            shards: (0..n).map(|_| Mutex::new(HashMap::default())).collect(),
+            shards: (0..n)
+                .map(|_| Padded(Mutex::new(HashMap::default())))
+                .collect(),
         }
     }
     #[inline]
     fn update(&self, k: &[u8]) {
         let i = self.hasher.hash_one(k) as usize & (self.shards.len() - 1);
-        let mut s = self.shards[i].lock();
+        let mut s = self.shards[i].0.lock();
         if let Some(t) = s.get_mut(k) {
             t.available -= 1;
             t.held += 1;
@@ -54,7 +61,7 @@ fn populate() -> (Sharded, DashMap<Key, Totals, foldhash::fast::RandomState>) {
             held: 0,
         };
         let i = sharded.hasher.hash_one(&*k) as usize & 255;
-        sharded.shards[i].lock().insert(k.clone(), t);
+        sharded.shards[i].0.lock().insert(k.clone(), t);
         dash.insert(k, t);
     }
     (sharded, dash)
