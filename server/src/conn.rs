@@ -7,7 +7,7 @@
 //! is read, so a client that never reads its replies stalls only itself.
 
 use crate::app::App;
-use crate::commands::{lookup, Access, Flow, Session, COMMANDS};
+use crate::commands::{lookup, Access, Flow, Multi, Session, COMMANDS, MULTI_MAX_COMMANDS};
 use crate::resp::encode::{self, Proto};
 use crate::resp::parse::{parse, Frame, Limits, Parsed};
 use smallvec::SmallVec;
@@ -44,9 +44,89 @@ fn printable(name: &[u8]) -> String {
         .collect()
 }
 
-/// Executes one parsed command, appending its reply to `out`. Returns the
-/// journal seq its reply must wait for (0: none).
+/// Handles MULTI/EXEC/DISCARD around [`execute_command`]. Queued commands
+/// run in order at EXEC, each atomic on its own account; as in Redis, a
+/// command that fails at EXEC does not undo the others (and, unlike Redis,
+/// other clients' commands may interleave: accounts live on different shards).
 pub fn execute_frame(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) -> u64 {
+    let name = args[0];
+    let is = |word: &str| name.eq_ignore_ascii_case(word.as_bytes());
+    if s.multi.is_none() {
+        if is("MULTI") {
+            if s.role.is_none() {
+                encode::error(out, "NOAUTH Authentication required.");
+            } else if args.len() != 1 {
+                encode::error(out, "ERR wrong number of arguments for 'multi' command");
+            } else {
+                s.multi = Some(Multi::default());
+                encode::simple(out, "OK");
+            }
+            return 0;
+        }
+        if is("EXEC") || is("DISCARD") {
+            let word = if is("EXEC") { "EXEC" } else { "DISCARD" };
+            encode::error(out, &format!("ERR {word} without MULTI"));
+            return 0;
+        }
+        return execute_command(app, s, args, out);
+    }
+    if is("MULTI") {
+        encode::error(out, "ERR MULTI calls can not be nested");
+        return 0;
+    }
+    if is("DISCARD") {
+        s.multi = None;
+        encode::simple(out, "OK");
+        return 0;
+    }
+    if is("EXEC") {
+        let multi = s.multi.take().expect("in MULTI");
+        if multi.failed {
+            encode::error(
+                out,
+                "EXECABORT Transaction discarded because of previous errors.",
+            );
+            return 0;
+        }
+        encode::array_header(out, multi.queued.len());
+        let mut wait = 0;
+        for queued in &multi.queued {
+            let a: SmallVec<[&[u8]; 16]> = queued.iter().map(|v| v.as_slice()).collect();
+            wait = wait.max(execute_command(app, s, &a, out));
+        }
+        return wait;
+    }
+    // Queue: check what can be checked now (name, arity), as Redis does.
+    let multi = s.multi.as_mut().expect("in MULTI");
+    let known = lookup(name).map(|i| &COMMANDS[i]);
+    let refusal = match known {
+        None => Some(format!("ERR unknown command '{}'", printable(name))),
+        Some(spec) => {
+            let n = args.len() as i32;
+            let ok = if spec.arity > 0 {
+                n == spec.arity
+            } else {
+                n >= -spec.arity
+            };
+            (!ok).then(|| format!("ERR wrong number of arguments for '{}' command", spec.name))
+        }
+    };
+    if let Some(msg) = refusal {
+        multi.failed = true;
+        encode::error(out, &msg);
+    } else if multi.queued.len() >= MULTI_MAX_COMMANDS {
+        multi.failed = true;
+        encode::error(out, "ERR too many commands in MULTI (limit 10000)");
+    } else {
+        multi.queued.push(args.iter().map(|a| a.to_vec()).collect());
+        encode::simple(out, "QUEUED");
+    }
+    0
+}
+
+/// Executes one command, appending its reply to `out`. Returns the journal
+/// seq its reply must wait for (0: none).
+pub fn execute_command(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) -> u64 {
     let Some(index) = lookup(args[0]) else {
         app.metrics.unknown_command();
         encode::error(
@@ -121,6 +201,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
         lib_name: None,
         lib_ver: None,
         closing: false,
+        multi: None,
     };
     let mut durable = app.durable.subscribe();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);

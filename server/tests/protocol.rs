@@ -348,3 +348,44 @@ fn connection_limit_answers_max_clients() {
     );
     drop(keep);
 }
+
+#[test]
+fn multi_exec_as_redis_py_pipelines_send_it() {
+    let srv = Creditd::start(&[]);
+    let mut s = srv.raw();
+    s.write_all(b"MULTI\r\nGRANT tx g 100\r\nRESERVE tx h 30\r\nRESERVE tx h2 1000\r\nEXEC\r\n")
+        .unwrap();
+    let r = read_replies(&mut s, 5);
+    assert_eq!(r[..4], ["+OK", "+QUEUED", "+QUEUED", "+QUEUED"]);
+    assert_eq!(r[4], "[:100,:30,-INSUFFICIENT need 1000 available 70]");
+    s.write_all(b"MULTI\r\nNOSUCH\r\nRESERVE tx h3 1\r\nEXEC\r\nBALANCE tx\r\n")
+        .unwrap();
+    let r = read_replies(&mut s, 5);
+    assert!(r[1].starts_with("-ERR unknown command"));
+    assert!(r[3].starts_with("-EXECABORT"), "{}", r[3]);
+    assert_eq!(
+        r[4],
+        "[available,:70,held,:30,spent,:0,expired,:0,granted,:100]"
+    );
+    s.write_all(b"MULTI\r\nRESERVE tx h4 1\r\nDISCARD\r\nEXEC\r\nDISCARD\r\n")
+        .unwrap();
+    let r = read_replies(&mut s, 5);
+    assert_eq!(r[..3], ["+OK", "+QUEUED", "+OK"]);
+    assert_eq!(r[3], "-ERR EXEC without MULTI");
+    assert_eq!(r[4], "-ERR DISCARD without MULTI");
+    // redis-rs's atomic pipeline is MULTI/EXEC too.
+    let mut c = srv.client();
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .cmd("RESERVE")
+        .arg("tx")
+        .arg("p1")
+        .arg("5")
+        .cmd("RESERVE")
+        .arg("tx")
+        .arg("p2")
+        .arg("6")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a, b), (5, 6));
+}

@@ -25,7 +25,20 @@ pub struct Session {
     pub lib_ver: Option<Vec<u8>>,
     /// Set by QUIT: close after sending the reply.
     pub closing: bool,
+    /// Commands queued after MULTI (None: not in a transaction).
+    pub multi: Option<Multi>,
 }
+
+/// A MULTI block being queued.
+#[derive(Debug, Default)]
+pub struct Multi {
+    pub queued: Vec<Vec<Vec<u8>>>,
+    /// A command was refused while queueing: EXEC answers EXECABORT.
+    pub failed: bool,
+}
+
+/// Most commands one MULTI may queue.
+pub const MULTI_MAX_COMMANDS: usize = 10_000;
 
 /// Who may run a command (contract §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
