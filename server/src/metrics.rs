@@ -28,6 +28,11 @@ pub const LATENCY_BUCKETS_S: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Journal group sizes (bytes per write): how much group commit batches.
+pub const GROUP_BYTES_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+];
+
 struct CommandMetrics {
     latency: Histogram,
     results: Vec<Counter>,
@@ -43,6 +48,9 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     pub protocol_errors: Counter,
     pub durability_wait: Histogram,
+    pub journal_write: Histogram,
+    pub journal_fsync: Histogram,
+    pub journal_group_bytes: Histogram,
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -84,6 +92,9 @@ impl Metrics {
             connections_rejected: counter!("creditd_connections_rejected_total"),
             protocol_errors: counter!("creditd_protocol_errors_total"),
             durability_wait: histogram!("creditd_journal_wait_seconds"),
+            journal_write: histogram!("creditd_journal_write_seconds"),
+            journal_fsync: histogram!("creditd_journal_fsync_seconds"),
+            journal_group_bytes: histogram!("creditd_journal_group_bytes"),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::http::{self, ProbeState};
 use crate::metrics::Metrics;
 use crate::persist::{self, JournalSlot};
 use creditd_engine::clock::{wall_clock_ms, Clock, SystemClock, TestClock};
-use creditd_engine::journal::FsyncMode;
+use creditd_engine::journal::{FsyncMode, JournalEvent};
 use creditd_engine::Engine;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -150,6 +150,25 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         next_client_id: AtomicU64::new(0),
         redis: RwLock::new(None),
     });
+    {
+        // Journal write and fsync latencies as histograms (recorded on the
+        // writer thread: one atomic bucket update per group).
+        let (write, fsync, bytes) = (
+            app.metrics.journal_write.clone(),
+            app.metrics.journal_fsync.clone(),
+            app.metrics.journal_group_bytes.clone(),
+        );
+        app.journal.set_observer(Box::new(move |event| match event {
+            JournalEvent::Write {
+                latency_ns,
+                bytes: n,
+            } => {
+                write.record(latency_ns as f64 / 1e9);
+                bytes.record(n as f64);
+            }
+            JournalEvent::Fsync { latency_ns } => fsync.record(latency_ns as f64 / 1e9),
+        }));
+    }
     if let Some(loaded) = loaded {
         crate::writebehind::start(app.clone(), loaded)?;
     }

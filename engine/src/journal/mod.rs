@@ -209,10 +209,23 @@ pub(crate) struct Counters {
     write_errors: AtomicU64,
 }
 
+/// What the writer thread reports to an observer (metrics), after the fact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalEvent {
+    /// One group written with one write(2).
+    Write { latency_ns: u64, bytes: u64 },
+    /// One fsync.
+    Fsync { latency_ns: u64 },
+}
+
+/// An observer of writer events (called on the writer thread: must be cheap).
+pub type JournalObserver = Box<dyn Fn(JournalEvent) + Send + Sync>;
+
 pub(crate) struct Shared {
     dir: PathBuf,
     mode: FsyncMode,
     on_durable: Box<dyn Fn(u64) + Send + Sync>,
+    observer: std::sync::OnceLock<JournalObserver>,
     state: Mutex<State>,
     writer_wake: Condvar,
     segment_opened: Condvar,
@@ -316,6 +329,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             mode,
             on_durable,
+            observer: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 buf: Vec::with_capacity(1 << 20),
                 rotations: Vec::new(),
@@ -379,6 +393,11 @@ impl Journal {
 
     /// False while more than [`BUFFER_MAX_BYTES`] wait for the disk (or the writer failed): the
     /// engine then refuses new mutations with BUSY rather than buffer without bound.
+    /// Installs an observer of write and fsync latencies (once; later calls are ignored).
+    pub fn set_observer(&self, observer: JournalObserver) {
+        let _ = self.shared.observer.set(observer);
+    }
+
     pub fn has_capacity(&self) -> bool {
         let pending_bytes = self.pending_bytes();
         pending_bytes < BUFFER_MAX_BYTES && !self.shared.failed.load(Relaxed)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::store::{segment_path, sync_dir};
-use super::{FsyncMode, Rotation, Shared};
+use super::{FsyncMode, JournalEvent, Rotation, Shared};
 
 /// EverySec fsyncs at most this often, like Redis AOF `everysec`.
 const EVERYSEC_INTERVAL_MS: u64 = 1_000;
@@ -152,10 +152,17 @@ fn run_loop(shared: &Shared, segment: &mut Segment) -> io::Result<()> {
                 start = rotation.offset;
             }
             write_retrying(shared, segment, &group[start..])?;
+            let latency_ns = elapsed_ns(started);
             shared
                 .counters
                 .last_write_latency_ns
-                .store(elapsed_ns(started), Relaxed);
+                .store(latency_ns, Relaxed);
+            if let Some(observe) = shared.observer.get() {
+                observe(JournalEvent::Write {
+                    latency_ns,
+                    bytes: group.len() as u64,
+                });
+            }
             shared.counters.segment_bytes.store(segment.bytes, Relaxed);
             unsynced |= !group.is_empty();
             if shared.mode == FsyncMode::Always && unsynced {
@@ -192,10 +199,14 @@ fn run_loop(shared: &Shared, segment: &mut Segment) -> io::Result<()> {
 fn sync(shared: &Shared, segment: &Segment) -> io::Result<()> {
     let started = Instant::now();
     segment.file.sync_data()?;
+    let latency_ns = elapsed_ns(started);
     shared
         .counters
         .last_fsync_latency_ns
-        .store(elapsed_ns(started), Relaxed);
+        .store(latency_ns, Relaxed);
+    if let Some(observe) = shared.observer.get() {
+        observe(JournalEvent::Fsync { latency_ns });
+    }
     shared.counters.fsyncs.fetch_add(1, Relaxed);
     Ok(())
 }
