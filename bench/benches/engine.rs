@@ -10,7 +10,8 @@ use creditd_engine::id::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-/// The same allocator as the server binary.
+/// mimalloc for the engine microbenchmarks (the server binary uses the
+/// system allocator: see docs/PERFORMANCE.md, "Allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

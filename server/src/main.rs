@@ -4,10 +4,9 @@ use clap::Parser;
 use creditd::cli::Options;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: per-command allocations (ids, history entries) cost a fraction
-/// of glibc malloc's, which showed up at ~10 % of the hot path in perf.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The system allocator, deliberately: mimalloc made the engine
+// microbenchmark faster but tripled the server's open-loop p99 on 2 cores
+// (docs/PERFORMANCE.md, "Allocator").
 
 fn main() {
     let opts = Options::parse();

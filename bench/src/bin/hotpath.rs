@@ -5,7 +5,8 @@
 
 use creditd_bench::{id_into, loaded_engine, reserve_commit, Keys, ACCOUNTS};
 use creditd_engine::command::Charge;
-/// The same allocator as the server binary.
+/// mimalloc for the engine microbenchmarks (the server binary uses the
+/// system allocator: see docs/PERFORMANCE.md, "Allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
