@@ -476,10 +476,16 @@ impl Engine {
                 Some(id)
             }
             Some(_) => None,
-            None if touched || due_after < due_before => shard
-                .accounts
-                .get_key_value(account)
-                .map(|(k, _)| k.clone()),
+            // The key is needed only to queue a sooner due time or to mark the
+            // account dirty for the write-behind: no second lookup otherwise.
+            None if (due_after < due_before && due_after != NEVER)
+                || (touched && self.track_dirty) =>
+            {
+                shard
+                    .accounts
+                    .get_key_value(account)
+                    .map(|(k, _)| k.clone())
+            }
             None => None,
         };
         if let Some(id) = id {
@@ -499,14 +505,9 @@ impl Engine {
         let limits = self.catalog().limits;
         let mut shard = self.shard_of(account).lock();
         let shard = &mut *shard;
-        let Some(id) = shard
-            .accounts
-            .get_key_value(account)
-            .map(|(k, _)| k.clone())
-        else {
+        let Some(acct) = shard.accounts.get_mut(account) else {
             return f(&Account::new());
         };
-        let acct = shard.accounts.get_mut(account).expect("present");
         let now = acct.clamp_now(self.clock.now_ms());
         let holds_before = acct.open_holds() as u64;
         let mut effects = Effects::default();
@@ -516,7 +517,15 @@ impl Engine {
         shard.open_holds = shard.open_holds + holds_after - holds_before;
         if effects != Effects::default() {
             shard.add_effects(effects);
-            shard.mark_dirty(self.track_dirty, &id);
+            if self.track_dirty {
+                let id = shard
+                    .accounts
+                    .get_key_value(account)
+                    .expect("present")
+                    .0
+                    .clone();
+                shard.mark_dirty(true, &id);
+            }
         }
         out
     }

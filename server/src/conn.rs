@@ -213,8 +213,11 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
         let mut wait_seq = 0u64;
         let mut close = false;
         let mut commands = 0u64;
+        // Set when we stop early to flush: complete frames may remain buffered.
+        let mut more_buffered = false;
         loop {
             if out.len() >= OUT_FLUSH_BYTES || session.closing {
+                more_buffered = start < buf.len();
                 break;
             }
             match parse(&buf[start..], &limits, &mut frame) {
@@ -278,12 +281,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
             return;
         }
         // More complete frames may still be buffered (we stopped to flush).
-        if start < buf.len()
-            && matches!(
-                parse(&buf[start..], &limits, &mut frame),
-                Ok(Parsed::Complete { .. } | Parsed::Empty { .. }) | Err(_)
-            )
-        {
+        if more_buffered {
             continue;
         }
         if *shutdown.borrow() {

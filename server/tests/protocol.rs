@@ -389,3 +389,27 @@ fn multi_exec_as_redis_py_pipelines_send_it() {
         .unwrap();
     assert_eq!((a, b), (5, 6));
 }
+
+#[test]
+fn large_replies_flush_mid_batch_and_the_rest_still_runs() {
+    let srv = Creditd::start(&[]);
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "big", "g", "1000000"]);
+    let mut s = srv.raw();
+    let mut setup = Vec::new();
+    for i in 0..600 {
+        write!(setup, "RESERVE big h{i} 1\r\n").unwrap();
+    }
+    s.write_all(&setup).unwrap();
+    read_replies(&mut s, 600);
+    // 200 HISTORY replies of ~600 entries each (tens of MB) in one small
+    // write: the server must flush at its 1 MiB bound and carry on with the
+    // frames still buffered, without waiting for more input.
+    let batch = "HISTORY big COUNT 1000\r\n".repeat(200) + "PING\r\n";
+    s.write_all(batch.as_bytes()).unwrap();
+    let replies = read_replies(&mut s, 201);
+    assert!(replies[..200]
+        .iter()
+        .all(|r| r.matches("reserve").count() == 600));
+    assert_eq!(replies[200], "+PONG");
+}
