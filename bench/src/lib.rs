@@ -35,8 +35,13 @@ pub fn id_into<'a>(buf: &'a mut [u8; 32], prefix: &[u8], n: u64) -> &'a [u8] {
 /// An engine with `accounts` accounts, each granted `credits` in one bucket.
 /// The journal discards records (the cost of encoding them is still paid).
 pub fn loaded_engine(accounts: u64, credits: u64) -> Arc<Engine> {
+    loaded_engine_with(accounts, credits, Config::builtin())
+}
+
+/// As [`loaded_engine`] with a given config.
+pub fn loaded_engine_with(accounts: u64, credits: u64, config: Config) -> Arc<Engine> {
     let engine = Arc::new(Engine::new(
-        Config::builtin(),
+        config,
         Arc::new(SystemClock),
         Arc::new(MemoryJournal::discarding()),
     ));

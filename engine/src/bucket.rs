@@ -1,6 +1,6 @@
 //! Buckets: one grant of credits each, spent in the contract's order.
 
-use crate::id::{id_serde, Id};
+use crate::id::Id;
 use serde::{Deserialize, Serialize};
 
 /// Never-expiring, as stored (sorts after every real instant). Shown as 0.
@@ -49,7 +49,6 @@ impl BucketKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
     /// The grant id (or a generated one for plan grants).
-    #[serde(with = "id_serde")]
     pub id: Id,
     /// Grant order within the account: the tie-breaker "oldest grant first".
     pub seq: u64,

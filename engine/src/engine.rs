@@ -471,7 +471,7 @@ impl Engine {
         shard.open_holds = shard.open_holds + holds_after - holds_before;
         let id: Option<Id> = match fresh {
             Some(acct) if !acct.is_blank() => {
-                let id: Id = Arc::from(account);
+                let id = Id::new(account);
                 shard.accounts.insert(id.clone(), Box::new(acct));
                 Some(id)
             }
@@ -695,7 +695,7 @@ impl Engine {
         if !shard.accounts.contains_key(account.0) {
             shard
                 .accounts
-                .insert(Arc::from(account.0), Box::new(Account::new()));
+                .insert(Id::new(account.0), Box::new(Account::new()));
         }
         let (id, acct) = shard
             .accounts
@@ -790,7 +790,7 @@ impl Engine {
                 return Ok(());
             }
         }
-        let key: Id = Arc::from(id);
+        let key = Id::new(id);
         shard.open_holds += acct.open_holds() as u64;
         if let Some(old) = shard.accounts.get(id) {
             shard.open_holds -= old.open_holds() as u64;

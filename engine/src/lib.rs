@@ -19,6 +19,7 @@ pub mod calendar;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod done;
 pub mod engine;
 pub mod error;
 pub mod history;

@@ -7,7 +7,7 @@ use crate::calendar::{cycle_containing, cycle_start_ms};
 use crate::config::PlanTerms;
 use crate::error::{EngineError, Result};
 use crate::history::Op;
-use crate::id::{id_serde, Id};
+use crate::id::Id;
 use crate::MAX_AMOUNT;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -18,7 +18,6 @@ pub const MAX_SEATS: u32 = 1_000_000;
 /// An account's current plan and cycle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
-    #[serde(with = "id_serde")]
     pub plan: Id,
     /// The plan's terms when subscribed (a later CONFIG RELOAD does not change them).
     pub terms: Arc<PlanTerms>,
@@ -50,7 +49,7 @@ fn bucket_id(prefix: &str, plan: &[u8], cycle_start_ms: u64) -> Id {
     id.push(b'@');
     id.extend_from_slice(cycle_start_ms.to_string().as_bytes());
     id.truncate(crate::id::MAX_ID_BYTES);
-    Arc::from(id)
+    Id::new(&id)
 }
 
 fn cycle_bounds(anchor_ms: u64, terms: &PlanTerms, k: u32) -> Result<(u64, u64)> {
@@ -165,7 +164,7 @@ impl Account {
             self.end_old_plan(ctx, now, &terms, end);
         }
         self.subscription = Some(Box::new(Subscription {
-            plan: Arc::from(plan.as_bytes()),
+            plan: Id::new(plan.as_bytes()),
             terms,
             anchor_ms: anchor,
             cycle: k,

@@ -70,8 +70,7 @@ pub struct RedisBase {
 /// renewals add history without a journal record). Both only grow, so a
 /// greater pair is a newer state.
 pub fn account_version(acct: &Account) -> (u64, u64) {
-    let history_seq = acct.history(1).first().map_or(0, |e| e.seq);
-    (acct.applied_seq, history_seq)
+    (acct.applied_seq, acct.history_seq())
 }
 
 /// One shard's part of a snapshot, as `Engine::snapshot_shard` writes it (a
@@ -251,11 +250,10 @@ mod tests {
             v
         };
         let mut base = RedisBase::default();
-        base.versions
-            .insert(Arc::from(&b"same"[..]), version(b"same"));
+        base.versions.insert(Id::new(b"same"), version(b"same"));
         let (applied, history) = version(b"older-in-redis");
         base.versions
-            .insert(Arc::from(&b"older-in-redis"[..]), (applied, history - 1));
+            .insert(Id::new(b"older-in-redis"), (applied, history - 1));
 
         let restored = engine();
         assert_eq!(restore_snapshot(&restored, &body, Some(&base)), Ok(3));

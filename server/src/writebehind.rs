@@ -236,7 +236,7 @@ pub async fn load(engine: &Engine, url: &str) -> Result<Loaded, String> {
                 engine
                     .restore_account(id, acct)
                     .map_err(|e| format!("Redis key {shown_key}: {e}"))?;
-                if base.versions.insert(Arc::from(id), version).is_none() {
+                if base.versions.insert(Id::new(id), version).is_none() {
                     accounts += 1;
                 }
             }
@@ -627,13 +627,11 @@ impl Writer {
                 deferred.push(id.clone());
                 return;
             }
-            // As `account_version`, keeping the newest entry (usually the one new entry).
-            let newest = acct.history(1);
-            let (version, history_seq) = (acct.applied_seq, newest.first().map_or(0, |e| e.seq));
+            // As `account_version`.
+            let (version, history_seq) = (acct.applied_seq, acct.history_seq());
             let known = self.streamed.get(id).copied().unwrap_or(0);
             let entries = match history_seq.saturating_sub(known) {
                 0 => Vec::new(),
-                1 => newest,
                 fresh => {
                     let mut all = acct.history(usize::try_from(fresh).unwrap_or(usize::MAX));
                     all.reverse();

@@ -3,8 +3,9 @@
 //!
 //! `cargo run --release -p creditd-bench --bin hotpath -- [pairs]`
 
-use creditd_bench::{id_into, loaded_engine, reserve_commit, Keys, ACCOUNTS};
+use creditd_bench::{id_into, loaded_engine_with, reserve_commit, Keys, ACCOUNTS};
 use creditd_engine::command::Charge;
+use creditd_engine::config::Config;
 /// mimalloc for the engine microbenchmarks (the server binary uses the
 /// system allocator: see docs/PERFORMANCE.md, "Allocator").
 #[global_allocator]
@@ -21,7 +22,16 @@ fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(ACCOUNTS);
-    let engine = loaded_engine(accounts, 1_000_000_000);
+    let mut config = Config::builtin();
+    // CREDITD_BENCH_WINDOW_MS: a short idempotency window, so records turn
+    // over as in a server running longer than its window (steady state).
+    if let Some(ms) = std::env::var("CREDITD_BENCH_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.settings.idempotency_window_ms = ms;
+    }
+    let engine = loaded_engine_with(accounts, 1_000_000_000, config);
     let mut keys = Keys::uniform(accounts, 1);
     let mut a = [0u8; 32];
     let started = Instant::now();
@@ -30,6 +40,8 @@ fn main() {
         reserve_commit(&engine, account, n, Charge::Amount(3));
     }
     let elapsed = started.elapsed();
+    // Not dropped: freeing millions of records would dominate a profile.
+    std::mem::forget(engine);
     println!(
         "{pairs} RESERVE+COMMIT pairs over {accounts} accounts: {:.0} ns/pair",
         elapsed.as_nanos() as f64 / pairs as f64

@@ -12,6 +12,32 @@ use std::time::{Duration, Instant};
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A free loopback port (bound and released; good enough for tests).
+/// Is the server on `port` a creditd? (A port from `free_port` can be handed
+/// to a parallel test's server before ours binds it: a bare connect or PING
+/// could reach that one.)
+pub fn is_creditd(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"INFO server\r\n").is_err() {
+        return false;
+    }
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while reply.len() < 8192 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+        // With tokens configured, INFO before AUTH is NOAUTH: only creditd has them here.
+        if reply.starts_with(b"-NOAUTH") || reply.windows(16).any(|w| w == b"creditd_version:") {
+            return true;
+        }
+    }
+    false
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -93,16 +119,8 @@ impl Creditd {
     fn wait_ping(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0u8; 64];
-                    if let Ok(n) = s.read(&mut buf) {
-                        if n > 0 {
-                            return;
-                        }
-                    }
-                }
+            if is_creditd(self.port) {
+                return;
             }
             if let Some(status) = self
                 .child
