@@ -157,6 +157,10 @@ pub struct Priced {
 /// One account's whole state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Account {
+    /// The account's own id (the engine's table finds accounts by it). Not
+    /// stored: snapshots and Redis keep it beside the account.
+    #[serde(skip)]
+    pub(crate) key: Id,
     pub(crate) bal: Balance,
     /// Buckets in spending order. Holds every bucket with credits left, plus
     /// emptied or expired ones that open holds still reference.

@@ -56,6 +56,13 @@ impl Id {
     }
 }
 
+/// The empty id (a placeholder: valid ids have at least one byte).
+impl Default for Id {
+    fn default() -> Id {
+        Id(Repr::Inline(0, [0; INLINE_ID_BYTES]))
+    }
+}
+
 impl From<&[u8]> for Id {
     #[inline]
     fn from(bytes: &[u8]) -> Id {
