@@ -174,11 +174,21 @@ pub struct Account {
     pub(crate) next_bucket_seq: u64,
     /// Lower bound on the instant of the next time-driven event.
     pub(crate) next_due_ms: u64,
+    /// The earliest instant the engine's sweeper queue holds for this
+    /// account ([`NEVER`]: not queued). Invariant: whenever `next_due_ms`
+    /// is not NEVER, an entry at or before it is queued. Not stored: the
+    /// queue is rebuilt on load.
+    #[serde(skip, default = "never")]
+    pub(crate) queued_due_ms: u64,
     /// Latest instant this account has seen: its time never runs backwards.
     pub(crate) last_now_ms: u64,
     /// The last journal record applied to this account (replay skips older ones).
     pub applied_seq: u64,
     pub(crate) subscription: Option<Box<Subscription>>,
+}
+
+fn never() -> u64 {
+    NEVER
 }
 
 fn insufficient(need: u64, available: u64) -> EngineError {
@@ -189,6 +199,7 @@ impl Account {
     pub fn new() -> Self {
         Account {
             next_due_ms: NEVER,
+            queued_due_ms: NEVER,
             ..Default::default()
         }
     }
@@ -208,6 +219,18 @@ impl Account {
 
     pub fn next_due_ms(&self) -> u64 {
         self.next_due_ms
+    }
+
+    /// Does the sweeper queue need an entry at `due_ms` (earlier than the
+    /// one queued)? If so it is recorded as queued: the caller pushes it.
+    #[inline]
+    pub(crate) fn queue_due(&mut self, due_ms: u64) -> bool {
+        if due_ms < self.queued_due_ms {
+            self.queued_due_ms = due_ms;
+            true
+        } else {
+            false
+        }
     }
 
     pub fn open_holds(&self) -> usize {

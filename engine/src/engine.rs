@@ -207,6 +207,10 @@ impl AccountTable {
     fn iter(&self) -> impl Iterator<Item = &Account> {
         self.table.iter().map(|a| &**a)
     }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Account> {
+        self.table.iter_mut().map(|a| &mut **a)
+    }
 }
 
 #[derive(Default)]
@@ -486,7 +490,6 @@ impl Engine {
             None => fresh.insert(Account::new()),
         };
         let now = acct.clamp_now(self.clock.now_ms());
-        let due_before = acct.next_due_ms();
         let holds_before = acct.open_holds() as u64;
         let mut effects = Effects::default();
         acct.advance(now, &limits, &mut effects);
@@ -525,6 +528,10 @@ impl Engine {
         };
         debug_assert_eq!(acct.check(), Ok(()), "invariants after {}", m.name());
         let due_after = acct.next_due_ms();
+        // Queue the account for the sweeper only when its next event comes
+        // before the one it is already queued for: a RESERVE+COMMIT pair on
+        // an account with a queued instant pushes nothing.
+        let queue = acct.queue_due(due_after);
         let holds_after = acct.open_holds() as u64;
         let touched = outcome.as_ref().is_ok_and(|o| o.changed) || effects != Effects::default();
         shard.add_effects(effects);
@@ -539,15 +546,13 @@ impl Engine {
             Some(_) => None,
             // The key is needed only to queue a sooner due time or to mark the
             // account dirty for the write-behind: no second lookup otherwise.
-            None if (due_after < due_before && due_after != NEVER)
-                || (touched && self.track_dirty) =>
-            {
+            None if queue || (touched && self.track_dirty) => {
                 shard.accounts.get(account).map(|a| a.key.clone())
             }
             None => None,
         };
         if let Some(id) = id {
-            if due_after < due_before && due_after != NEVER {
+            if queue {
                 shard.due.push(Reverse((due_after, id.clone())));
             }
             if touched {
@@ -612,26 +617,29 @@ impl Engine {
                     Some(Reverse((due, _))) if *due <= now => {}
                     _ => break,
                 }
-                let Reverse((_, id)) = shard.due.pop().expect("peeked");
+                let Reverse((due, id)) = shard.due.pop().expect("peeked");
                 visited += 1;
                 let Some(acct) = shard.accounts.get_mut(&id) else {
                     continue;
                 };
+                if due != acct.queued_due_ms {
+                    // An entry its account no longer counts on (it was
+                    // replaced by a restore): the account's own entry is
+                    // still queued.
+                    continue;
+                }
+                acct.queued_due_ms = NEVER;
                 let now = acct.clamp_now(now);
                 if acct.next_due_ms() > now {
                     // FIX (tests/model.rs, scenarios.rs `sweeper_keeps_accounts_whose_due_moved`):
-                    // a stale entry does not mean a fresher one is queued.
-                    // `execute` queues only when a command lowers `next_due_ms`
-                    // below its value before the command; when `advance` first
-                    // moved it later (say past a pruned id) and the command then
-                    // set an earlier-than-that but later-than-queued instant (a
-                    // new hold), nothing new was queued, and dropping this entry
-                    // left the account out of the sweep for good: its holds
-                    // never expired while it stayed idle. Requeue at the real
-                    // instant instead (a duplicate at worst, bounded by the
-                    // rebuild below).
+                    // the queued instant can be earlier than the account's
+                    // next event (`advance` moved it later, say past a pruned
+                    // id, and a command then set one in between). Dropping the
+                    // entry left the account out of the sweep for good: its
+                    // holds never expired while it stayed idle. Requeue at the
+                    // real instant.
                     let next = acct.next_due_ms();
-                    if next != NEVER {
+                    if acct.queue_due(next) {
                         shard.due.push(Reverse((next, id.clone())));
                     }
                     continue;
@@ -639,9 +647,11 @@ impl Engine {
                 let holds_before = acct.open_holds() as u64;
                 let mut e = Effects::default();
                 acct.advance(now, &limits, &mut e);
-                shard.open_holds = shard.open_holds + acct.open_holds() as u64 - holds_before;
+                let holds_after = acct.open_holds() as u64;
                 let next = acct.next_due_ms();
-                if next != NEVER {
+                let queue = acct.queue_due(next);
+                shard.open_holds = shard.open_holds + holds_after - holds_before;
+                if queue {
                     shard.due.push(Reverse((next, id.clone())));
                 }
                 if e != Effects::default() {
@@ -654,12 +664,14 @@ impl Engine {
             shard.add_effects(effects);
             // Stale entries are bounded: rebuild when they outnumber accounts.
             if shard.due.len() > 2 * shard.accounts.len() + 1024 {
-                let rebuilt: Vec<_> = shard
-                    .accounts
-                    .iter()
-                    .filter(|a| a.next_due_ms() != NEVER)
-                    .map(|a| Reverse((a.next_due_ms(), a.key.clone())))
-                    .collect();
+                let mut rebuilt = Vec::with_capacity(shard.accounts.len());
+                for a in shard.accounts.iter_mut() {
+                    a.queued_due_ms = NEVER;
+                    let next = a.next_due_ms();
+                    if a.queue_due(next) {
+                        rebuilt.push(Reverse((next, a.key.clone())));
+                    }
+                }
                 shard.due = BinaryHeap::from(rebuilt);
             }
             if visited >= budget {
@@ -789,9 +801,10 @@ impl Engine {
         }
         acct.applied_seq = seq;
         let next = acct.next_due_ms();
+        let queue = acct.queue_due(next);
         shard.open_holds = shard.open_holds + acct.open_holds() as u64 - holds_before;
         shard.add_effects(effects);
-        if next != NEVER {
+        if queue {
             shard.due.push(Reverse((next, id.clone())));
         }
         shard.mark_dirty(self.track_dirty, &id);
@@ -837,8 +850,10 @@ impl Engine {
         if let Some(old) = shard.accounts.get(id) {
             shard.open_holds -= old.open_holds() as u64;
         }
-        if acct.next_due_ms() != NEVER {
-            shard.due.push(Reverse((acct.next_due_ms(), key.clone())));
+        acct.queued_due_ms = NEVER;
+        let next = acct.next_due_ms();
+        if acct.queue_due(next) {
+            shard.due.push(Reverse((next, key.clone())));
         }
         acct.key = key;
         shard.accounts.insert(Box::new(acct));
