@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p creditd-bench --bench engine`
 
-use creditd_bench::{id_into, loaded_engine, reserve_commit, Keys, ACCOUNTS};
+use creditd_bench::{id_into, loaded_engine, reserve, reserve_commit, Keys, ACCOUNTS};
 use creditd_engine::command::{Charge, Mutation};
 use creditd_engine::id::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -123,20 +123,9 @@ fn sweep(c: &mut Criterion) {
             || {
                 let engine = loaded_engine(10_000, 1_000);
                 let mut a = [0u8; 32];
-                let mut h = [0u8; 32];
                 for n in 0..10_000 {
                     let account = id_into(&mut a, b"acct:", n);
-                    let hold = id_into(&mut h, b"h:", n);
-                    engine
-                        .execute(
-                            account,
-                            &Mutation::Reserve {
-                                hold_id: Bytes(hold),
-                                charge: Charge::Amount(10),
-                                ttl_ms: Some(1),
-                            },
-                        )
-                        .expect("reserve");
+                    reserve(&engine, account, n, Charge::Amount(10), Some(1));
                 }
                 std::thread::sleep(Duration::from_millis(3));
                 engine

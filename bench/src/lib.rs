@@ -90,9 +90,9 @@ impl Keys {
     }
 }
 
-/// RESERVE `amount` on `account` with hold id `h:<n>`, then COMMIT it.
+/// RESERVE `charge` on `account` with hold id `h:<n>` (`ttl_ms` None: the default).
 #[inline]
-pub fn reserve_commit(engine: &Engine, account: &[u8], n: u64, charge: Charge) {
+pub fn reserve(engine: &Engine, account: &[u8], n: u64, charge: Charge, ttl_ms: Option<u64>) {
     let mut h = [0u8; 32];
     let hold = id_into(&mut h, b"h:", n);
     engine
@@ -101,10 +101,18 @@ pub fn reserve_commit(engine: &Engine, account: &[u8], n: u64, charge: Charge) {
             &Mutation::Reserve {
                 hold_id: Bytes(hold),
                 charge,
-                ttl_ms: None,
+                ttl_ms,
             },
         )
         .expect("reserve");
+}
+
+/// RESERVE `charge` on `account` with hold id `h:<n>`, then COMMIT it.
+#[inline]
+pub fn reserve_commit(engine: &Engine, account: &[u8], n: u64, charge: Charge) {
+    reserve(engine, account, n, charge, None);
+    let mut h = [0u8; 32];
+    let hold = id_into(&mut h, b"h:", n);
     engine
         .execute(
             account,

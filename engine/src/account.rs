@@ -9,7 +9,7 @@
 
 use crate::bucket::{Bucket, BucketKind, NEVER};
 use crate::command::{Charge, Expiry, Usage};
-use crate::done::DoneLog;
+use crate::done::{DoneLog, Kind};
 use crate::error::{EngineError, Result};
 use crate::history::{History, HistoryEntry, Op};
 use crate::hold::{ChargeArgs, ClosedHold, Hold, HoldOutcome, Portion};
@@ -86,16 +86,6 @@ pub struct Ctx<'a> {
     /// Replaying the journal: limits that may have changed since are not re-checked.
     pub replay: bool,
     pub effects: &'a mut Effects,
-}
-
-/// Idempotency namespaces (ids of different commands never collide): the
-/// kind byte of [`DoneLog`], one per `Done` variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Ns {
-    Hold = b'h',
-    Grant = b'g',
-    Debit = b'd',
 }
 
 /// What an idempotency record remembers.
@@ -204,6 +194,14 @@ impl Account {
         }
     }
 
+    /// A new account that knows its id (the engine's table finds it by it).
+    pub(crate) fn with_key(key: Id) -> Self {
+        Account {
+            key,
+            ..Account::new()
+        }
+    }
+
     pub fn balance(&self) -> Balance {
         self.bal
     }
@@ -263,33 +261,23 @@ impl Account {
     }
 
     #[inline]
-    fn lookup_done(&self, ns: Ns, id: &[u8]) -> Option<&Done> {
-        self.done.get(ns as u8, id)
+    fn lookup_done(&self, kind: Kind, id: &[u8]) -> Option<&Done> {
+        self.done.get(kind, id)
     }
 
-    fn remember(&mut self, ctx: &Ctx, ns: Ns, id: &[u8], record: Done) {
-        debug_assert!(matches!(
-            (ns, &record),
-            (Ns::Grant, Done::Grant { .. })
-                | (Ns::Debit, Done::Debit { .. })
-                | (Ns::Hold, Done::Hold(_))
-        ));
+    /// Keeps `record` for the idempotency window (its namespace is its variant).
+    fn remember(&mut self, ctx: &Ctx, id: Id, record: Done) {
         // Bounded memory: past the cap the oldest record goes early (documented).
-        while self.done.len() >= ctx.limits.max_ids.max(1) as usize {
-            self.done.pop_front();
-        }
-        self.done.push(ctx.now_ms, Id::new(id), record);
+        let cap = ctx.limits.max_ids.max(1) as usize;
+        self.done.pop_while(|_, len| len >= cap);
+        self.done.push(ctx.now_ms, id, record);
         let prune_at = ctx.now_ms.saturating_add(ctx.limits.idempotency_window_ms);
         self.next_due_ms = self.next_due_ms.min(prune_at);
     }
 
     fn prune_done(&mut self, now_ms: u64, window_ms: u64) {
-        while let Some(front) = self.done.front() {
-            if front.finished_ms.saturating_add(window_ms) > now_ms {
-                break;
-            }
-            self.done.pop_front();
-        }
+        self.done
+            .pop_while(|r, _| r.finished_ms.saturating_add(window_ms) <= now_ms);
     }
 
     // ----- buckets -----
@@ -543,7 +531,7 @@ impl Account {
         let hold = self.holds.remove(id).expect("due hold is open");
         let held = hold.held();
         self.return_portions(limits, &hold.portions, at_ms);
-        self.log(limits, at_ms, Op::ExpireHold, id.clone(), held);
+        self.log(limits, at_ms, Op::ExpireHold, id, held);
         let closed = ClosedHold {
             charge: hold.charge,
             ttl_ms: hold.ttl_ms,
@@ -558,7 +546,7 @@ impl Account {
             replay: true,
             effects: &mut effects,
         };
-        self.remember(&ctx, Ns::Hold, id, Done::Hold(closed));
+        self.remember(&ctx, id.clone(), Done::Hold(closed));
     }
 
     /// Expires every bucket whose instant has come by `at_ms`. Returns how many.
@@ -583,7 +571,7 @@ impl Account {
     // ----- commands -----
 
     pub fn grant(&mut self, ctx: &mut Ctx, grant_id: &[u8], args: GrantArgs) -> Result<Applied> {
-        if let Some(done) = self.lookup_done(Ns::Grant, grant_id) {
+        if let Some(done) = self.lookup_done(Kind::Grant, grant_id) {
             return match done {
                 Done::Grant { args: a, reply } if *a == args => Ok(Applied::Repeated(*reply)),
                 _ => Err(EngineError::Conflict(
@@ -619,9 +607,9 @@ impl Account {
             args.priority,
             false,
         );
-        self.log(ctx.limits, now, Op::Grant, id, args.amount);
+        self.log(ctx.limits, now, Op::Grant, &id, args.amount);
         let reply = self.bal.available;
-        self.remember(ctx, Ns::Grant, grant_id, Done::Grant { args, reply });
+        self.remember(ctx, id, Done::Grant { args, reply });
         Ok(Applied::Changed(reply))
     }
 
@@ -652,7 +640,7 @@ impl Account {
                 ))
             };
         }
-        if let Some(done) = self.lookup_done(Ns::Hold, hold_id) {
+        if let Some(done) = self.lookup_done(Kind::Hold, hold_id) {
             return match done {
                 Done::Hold(c) if c.charge.matches(&request) && c.ttl_ms == ttl_ms => {
                     Ok(Applied::Repeated(c.amount))
@@ -695,7 +683,7 @@ impl Account {
 
     /// The error for a command on a hold that is not open.
     fn closed_hold_error(&self, hold_id: &[u8], verb: &str) -> EngineError {
-        match self.lookup_done(Ns::Hold, hold_id) {
+        match self.lookup_done(Kind::Hold, hold_id) {
             Some(Done::Hold(c)) => match c.outcome {
                 HoldOutcome::Expired => EngineError::Expired("the hold expired".into()),
                 HoldOutcome::Committed { .. } => {
@@ -777,7 +765,7 @@ impl Account {
         usage: Option<Usage>,
     ) -> Result<Applied> {
         let Some((id, mut hold)) = self.holds.remove_entry(hold_id) else {
-            if let Some(Done::Hold(c)) = self.lookup_done(Ns::Hold, hold_id) {
+            if let Some(Done::Hold(c)) = self.lookup_done(Kind::Hold, hold_id) {
                 if let HoldOutcome::Committed { usage: u, total } = c.outcome {
                     return if u == usage {
                         Ok(Applied::Repeated(total))
@@ -809,7 +797,7 @@ impl Account {
         };
         let portions = std::mem::take(&mut hold.portions);
         self.return_portions(ctx.limits, &portions, ctx.now_ms);
-        self.log(ctx.limits, ctx.now_ms, Op::Commit, id, final_total);
+        self.log(ctx.limits, ctx.now_ms, Op::Commit, &id, final_total);
         let closed = ClosedHold {
             charge: hold.charge,
             ttl_ms: hold.ttl_ms,
@@ -820,13 +808,13 @@ impl Account {
                 total: final_total,
             },
         };
-        self.remember(ctx, Ns::Hold, hold_id, Done::Hold(closed));
+        self.remember(ctx, id, Done::Hold(closed));
         Ok(Applied::Changed(final_total))
     }
 
     pub fn release(&mut self, ctx: &mut Ctx, hold_id: &[u8]) -> Result<Applied> {
         let Some((id, hold)) = self.holds.remove_entry(hold_id) else {
-            return match self.lookup_done(Ns::Hold, hold_id) {
+            return match self.lookup_done(Kind::Hold, hold_id) {
                 Some(Done::Hold(c)) => match c.outcome {
                     HoldOutcome::Released { returned } => Ok(Applied::Repeated(returned)),
                     HoldOutcome::Expired => Ok(Applied::Repeated(0)),
@@ -838,7 +826,7 @@ impl Account {
             };
         };
         let returned = self.return_portions(ctx.limits, &hold.portions, ctx.now_ms);
-        self.log(ctx.limits, ctx.now_ms, Op::Release, id, returned);
+        self.log(ctx.limits, ctx.now_ms, Op::Release, &id, returned);
         let closed = ClosedHold {
             charge: hold.charge,
             ttl_ms: hold.ttl_ms,
@@ -846,7 +834,7 @@ impl Account {
             captured: hold.captured,
             outcome: HoldOutcome::Released { returned },
         };
-        self.remember(ctx, Ns::Hold, hold_id, Done::Hold(closed));
+        self.remember(ctx, id, Done::Hold(closed));
         Ok(Applied::Changed(returned))
     }
 
@@ -868,7 +856,7 @@ impl Account {
         request: Charge,
         price: impl FnOnce(&Account) -> Result<Priced>,
     ) -> Result<Applied> {
-        if let Some(done) = self.lookup_done(Ns::Debit, debit_id) {
+        if let Some(done) = self.lookup_done(Kind::Debit, debit_id) {
             return match done {
                 Done::Debit { args, reply } if args.matches(&request) => {
                     Ok(Applied::Repeated(*reply))
@@ -884,11 +872,10 @@ impl Account {
         }
         self.spend_available(charge.amount);
         let id = Id::new(debit_id);
-        self.log(ctx.limits, ctx.now_ms, Op::Debit, id, charge.amount);
+        self.log(ctx.limits, ctx.now_ms, Op::Debit, &id, charge.amount);
         self.remember(
             ctx,
-            Ns::Debit,
-            debit_id,
+            id,
             Done::Debit {
                 args: charge.args,
                 reply: charge.amount,

@@ -37,18 +37,26 @@ pub struct DoneRecord {
     pub done: Done,
 }
 
-/// The namespace byte of a record's command.
+/// Idempotency namespaces: ids of different commands never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Grant,
+    Debit,
+    Hold,
+}
+
+/// The namespace of a record's command.
 #[inline]
-fn kind_of(done: &Done) -> u8 {
+fn kind_of(done: &Done) -> Kind {
     match done {
-        Done::Grant { .. } => b'g',
-        Done::Debit { .. } => b'd',
-        Done::Hold(_) => b'h',
+        Done::Grant { .. } => Kind::Grant,
+        Done::Debit { .. } => Kind::Debit,
+        Done::Hold(_) => Kind::Hold,
     }
 }
 
 #[inline]
-fn key_hash(kind: u8, id: &[u8]) -> u64 {
+fn key_hash(kind: Kind, id: &[u8]) -> u64 {
     const HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x646f_6e65);
     HASHER.hash_one((kind, id))
 }
@@ -106,9 +114,9 @@ impl DoneLog {
         self.records.iter()
     }
 
-    /// The record of command `kind` (`b'g'`, `b'd'`, `b'h'`) for `id`.
+    /// The record of command `kind` for `id`.
     #[inline]
-    pub fn get(&self, kind: u8, id: &[u8]) -> Option<&Done> {
+    pub fn get(&self, kind: Kind, id: &[u8]) -> Option<&Done> {
         if self.records.is_empty() {
             return None;
         }
@@ -160,28 +168,43 @@ impl DoneLog {
         }
     }
 
-    /// Removes the oldest record.
-    pub fn pop_front(&mut self) -> Option<DoneRecord> {
-        let record = self.records.pop_front()?;
-        match &mut self.index {
-            Some(index) => {
-                let pos = index.popped;
-                index.popped += 1;
-                let hash = key_hash(kind_of(&record.done), &record.id);
-                index
-                    .table
-                    .find_entry(hash, |&p| p == pos)
-                    .expect("every record is indexed")
-                    .remove();
-                if self.records.len() < INDEX_DROP_BELOW {
-                    self.index = None;
-                    self.rebuild_filter();
-                }
+    /// Removes the oldest records while `expired` says so (the window
+    /// passed, or the cap needs room). Returns how many went.
+    pub fn pop_while(&mut self, mut expired: impl FnMut(&DoneRecord, usize) -> bool) -> usize {
+        let mut popped = 0;
+        while let Some(front) = self.records.front() {
+            if !expired(front, self.records.len()) {
+                break;
             }
-            // Few records: recomputing keeps the filter sharp.
-            None => self.rebuild_filter(),
+            self.pop_front();
+            popped += 1;
         }
-        Some(record)
+        // Without an index the filter is recomputed once per batch: stale
+        // bits would only cost scans, but they would pile up.
+        if popped > 0 && self.index.is_none() {
+            self.rebuild_filter();
+        }
+        popped
+    }
+
+    /// Removes the oldest record (the caller rebuilds the filter).
+    fn pop_front(&mut self) {
+        let Some(record) = self.records.pop_front() else {
+            return;
+        };
+        if let Some(index) = &mut self.index {
+            let pos = index.popped;
+            index.popped += 1;
+            let hash = key_hash(kind_of(&record.done), &record.id);
+            index
+                .table
+                .find_entry(hash, |&p| p == pos)
+                .expect("every record is indexed")
+                .remove();
+            if self.records.len() < INDEX_DROP_BELOW {
+                self.index = None;
+            }
+        }
     }
 
     fn rebuild_filter(&mut self) {
@@ -282,21 +305,31 @@ mod tests {
         for n in 0..100u64 {
             log.push(n, Id::new(format!("d{n}").as_bytes()), debit(n));
             // Same id, other kind: a separate namespace.
-            assert!(log.get(b'h', format!("d{n}").as_bytes()).is_none());
+            assert!(log.get(Kind::Hold, format!("d{n}").as_bytes()).is_none());
             assert_eq!(log.check(), Ok(()));
         }
         assert!(log.index.is_some());
         for n in 0..100u64 {
-            assert_eq!(log.get(b'd', format!("d{n}").as_bytes()), Some(&debit(n)));
+            assert_eq!(
+                log.get(Kind::Debit, format!("d{n}").as_bytes()),
+                Some(&debit(n))
+            );
         }
         for n in 0..95u64 {
-            let r = log.pop_front().unwrap();
-            assert_eq!(r.finished_ms, n);
-            assert!(log.get(b'd', format!("d{n}").as_bytes()).is_none());
+            assert_eq!(log.pop_while(|r, _| r.finished_ms <= n), 1);
+            assert!(log.get(Kind::Debit, format!("d{n}").as_bytes()).is_none());
             assert_eq!(log.check(), Ok(()));
         }
         assert!(log.index.is_none(), "dropped when short again");
-        assert_eq!(log.get(b'd', b"d99"), Some(&debit(99)));
+        assert_eq!(log.get(Kind::Debit, b"d99"), Some(&debit(99)));
+        // The filter was rebuilt from the records left: only their bits.
+        let expected = log
+            .iter()
+            .fold(0, |f, r| f | filter_bit(key_hash(Kind::Debit, &r.id)));
+        assert_eq!(log.filter, expected);
+        // A batch leaves in one call; the cap form sees the length.
+        assert_eq!(log.pop_while(|_, len| len > 2), 3);
+        assert_eq!(log.len(), 2);
         let bytes = postcard::to_allocvec(&log).unwrap();
         let back: DoneLog = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, log);

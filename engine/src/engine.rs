@@ -485,9 +485,9 @@ impl Engine {
         let mut shard = self.shard_of(account).lock();
         let shard = &mut *shard;
         let mut fresh = None;
-        let acct = match shard.accounts.get_mut(account) {
-            Some(a) => a,
-            None => fresh.insert(Account::new()),
+        let (acct, is_fresh) = match shard.accounts.get_mut(account) {
+            Some(a) => (a, false),
+            None => (fresh.insert(Account::with_key(Id::new(account))), true),
         };
         let now = acct.clamp_now(self.clock.now_ms());
         let holds_before = acct.open_holds() as u64;
@@ -534,23 +534,16 @@ impl Engine {
         let queue = acct.queue_due(due_after);
         let holds_after = acct.open_holds() as u64;
         let touched = outcome.as_ref().is_ok_and(|o| o.changed) || effects != Effects::default();
+        // An account that a failed command created in passing is dropped again.
+        let keep = !is_fresh || !acct.is_blank();
+        // The key is cloned only to queue a sooner due time or to mark the
+        // account dirty for the write-behind.
+        let id = (keep && (queue || (touched && self.track_dirty))).then(|| acct.key.clone());
         shard.add_effects(effects);
         shard.open_holds = shard.open_holds + holds_after - holds_before;
-        let id: Option<Id> = match fresh {
-            Some(mut acct) if !acct.is_blank() => {
-                let id = Id::new(account);
-                acct.key = id.clone();
-                shard.accounts.insert(Box::new(acct));
-                Some(id)
-            }
-            Some(_) => None,
-            // The key is needed only to queue a sooner due time or to mark the
-            // account dirty for the write-behind: no second lookup otherwise.
-            None if queue || (touched && self.track_dirty) => {
-                shard.accounts.get(account).map(|a| a.key.clone())
-            }
-            None => None,
-        };
+        if let Some(acct) = fresh.filter(|_| keep) {
+            shard.accounts.insert(Box::new(acct));
+        }
         if let Some(id) = id {
             if queue {
                 shard.due.push(Reverse((due_after, id.clone())));
@@ -755,9 +748,8 @@ impl Engine {
         let mut shard = self.shard_of(account.0).lock();
         let shard = &mut *shard;
         if !shard.accounts.contains_key(account.0) {
-            let mut fresh = Box::new(Account::new());
-            fresh.key = Id::new(account.0);
-            shard.accounts.insert(fresh);
+            let fresh = Account::with_key(Id::new(account.0));
+            shard.accounts.insert(Box::new(fresh));
         }
         let acct = shard.accounts.get_mut(account.0).expect("inserted");
         let id = acct.key.clone();

@@ -80,10 +80,12 @@ pub struct HistoryEntry {
 ///
 /// Every RESERVE, COMMIT and DEBIT adds an entry and most accounts keep
 /// hundreds, so the entry size is most of an active account's memory. As
-/// structs they took 56 bytes each; packed they take about 15 (op, id
-/// length, id, varint instant, varint amount). Sequence numbers are
-/// implicit: entries are consecutive and only ever leave from the front.
-/// HISTORY is a cold read that decodes them.
+/// structs they took 56 bytes each; packed they take about 16: op, id
+/// length, id, varint instant, varint amount, and a trailing byte with the
+/// entry's length so the newest entries are read from the back without
+/// decoding the rest (the write-behind reads the newest one or two on every
+/// write). Sequence numbers are implicit: entries are consecutive and only
+/// ever leave from the front.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct History {
     bytes: VecDeque<u8>,
@@ -92,8 +94,12 @@ pub struct History {
     last_seq: u64,
 }
 
-/// Longest packed entry: op, id length, id, two u64 varints.
-const MAX_ENTRY_BYTES: usize = 2 + MAX_ID_BYTES + 2 * 10;
+/// Longest packed entry: op, id length, id, two u64 varints, length byte.
+const MAX_ENTRY_BYTES: usize = 2 + MAX_ID_BYTES + 2 * 10 + 1;
+const _: () = assert!(
+    MAX_ENTRY_BYTES <= u8::MAX as usize,
+    "the length byte holds it"
+);
 
 fn put_varint(buf: &mut [u8; MAX_ENTRY_BYTES], mut at: usize, mut v: u64) -> usize {
     loop {
@@ -134,6 +140,8 @@ impl History {
         buf[2..2 + id.len()].copy_from_slice(id);
         let n = put_varint(&mut buf, 2 + id.len(), at_ms);
         let n = put_varint(&mut buf, n, amount);
+        buf[n] = (n + 1) as u8;
+        let n = n + 1;
         // The first entry allocates exactly (many accounts log one grant and
         // nothing more); later ones grow the buffer by doubling.
         if self.bytes.capacity() == 0 {
@@ -144,38 +152,38 @@ impl History {
         self.last_seq += 1;
     }
 
-    /// Bytes of the entry starting at `at`.
-    fn entry_len(&self, at: usize) -> usize {
-        let mut i = at + 2 + self.bytes[at + 1] as usize;
+    fn pop_front(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // The oldest entry's length: walk its fields (its length byte is last).
+        let mut i = 2 + self.bytes[1] as usize;
         for _ in 0..2 {
             while self.bytes[i] & 0x80 != 0 {
                 i += 1;
             }
             i += 1;
         }
-        i - at
-    }
-
-    fn pop_front(&mut self) {
-        if self.len == 0 {
-            return;
-        }
-        let n = self.entry_len(0);
-        self.bytes.drain(..n);
+        debug_assert_eq!(self.bytes[i] as usize, i + 1);
+        self.bytes.drain(..=i);
         self.len -= 1;
     }
 
-    /// Every entry, oldest first.
-    pub fn entries(&self) -> Vec<HistoryEntry> {
-        let mut out = Vec::with_capacity(self.len as usize);
-        let mut at = 0;
-        let first_seq = self.last_seq + 1 - self.len as u64;
-        let varint = |at: &mut usize| {
+    /// Decodes the entry whose bytes start at `at`.
+    fn decode(&self, mut at: usize, seq: u64) -> HistoryEntry {
+        let op = Op::from_byte(self.bytes[at]).expect("packed by push");
+        let id_len = self.bytes[at + 1] as usize;
+        let mut id = [0u8; MAX_ID_BYTES];
+        for (dst, src) in id.iter_mut().zip(self.bytes.range(at + 2..at + 2 + id_len)) {
+            *dst = *src;
+        }
+        at += 2 + id_len;
+        let mut varint = || {
             let mut v = 0u64;
             let mut shift = 0;
             loop {
-                let b = self.bytes[*at];
-                *at += 1;
+                let b = self.bytes[at];
+                at += 1;
                 v |= u64::from(b & 0x7f) << shift;
                 if b & 0x80 == 0 {
                     return v;
@@ -183,30 +191,34 @@ impl History {
                 shift += 7;
             }
         };
-        for i in 0..self.len as u64 {
-            let op = Op::from_byte(self.bytes[at]).expect("packed by push");
-            let id_len = self.bytes[at + 1] as usize;
-            let id: Vec<u8> = self.bytes.range(at + 2..at + 2 + id_len).copied().collect();
-            at += 2 + id_len;
-            let at_ms = varint(&mut at);
-            let amount = varint(&mut at);
-            out.push(HistoryEntry {
-                seq: first_seq + i,
-                at_ms,
-                op,
-                id: Id::new(&id),
-                amount,
-            });
+        let at_ms = varint();
+        let amount = varint();
+        HistoryEntry {
+            seq,
+            at_ms,
+            op,
+            id: Id::new(&id[..id_len]),
+            amount,
         }
-        debug_assert_eq!(at, self.bytes.len());
+    }
+
+    /// Up to `count` entries, newest first: decodes only those, from the back.
+    pub fn newest(&self, count: usize) -> Vec<HistoryEntry> {
+        let count = count.min(self.len as usize);
+        let mut out = Vec::with_capacity(count);
+        let mut end = self.bytes.len();
+        for k in 0..count as u64 {
+            let start = end - self.bytes[end - 1] as usize;
+            out.push(self.decode(start, self.last_seq - k));
+            end = start;
+        }
         out
     }
 
-    /// Up to `count` entries, newest first.
-    pub fn newest(&self, count: usize) -> Vec<HistoryEntry> {
-        let mut all = self.entries();
+    /// Every entry, oldest first.
+    pub fn entries(&self) -> Vec<HistoryEntry> {
+        let mut all = self.newest(self.len as usize);
         all.reverse();
-        all.truncate(count);
         all
     }
 }
@@ -277,7 +289,12 @@ mod tests {
             assert_eq!(e.amount, n << 40);
             assert_eq!(e.op, Op::ALL[(n % 13) as usize]);
         }
+        // From the back, without decoding the rest: the same entries.
+        let newest_3: Vec<HistoryEntry> = all[7..].iter().rev().cloned().collect();
+        assert_eq!(h.newest(3), newest_3);
         assert_eq!(h.newest(3)[0].seq, 50);
+        assert_eq!(h.newest(100).len(), 10);
+        assert!(History::default().newest(5).is_empty());
         let bytes = postcard::to_allocvec(&h).unwrap();
         let back: History = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, h);

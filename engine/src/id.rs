@@ -63,19 +63,6 @@ impl Default for Id {
     }
 }
 
-impl From<&[u8]> for Id {
-    #[inline]
-    fn from(bytes: &[u8]) -> Id {
-        Id::new(bytes)
-    }
-}
-
-impl From<&str> for Id {
-    fn from(s: &str) -> Id {
-        Id::new(s.as_bytes())
-    }
-}
-
 impl Deref for Id {
     type Target = [u8];
     #[inline]

@@ -627,8 +627,7 @@ impl Writer {
                 deferred.push(id.clone());
                 return;
             }
-            // As `account_version`.
-            let (version, history_seq) = (acct.applied_seq, acct.history_seq());
+            let (version, history_seq) = account_version(acct);
             let known = self.streamed.get(id).copied().unwrap_or(0);
             let entries = match history_seq.saturating_sub(known) {
                 0 => Vec::new(),

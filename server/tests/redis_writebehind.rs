@@ -2,6 +2,7 @@
 //! state reaches Redis, Redis alone restores a lost data dir, an outage is
 //! ridden out and drained, and the backlog bound answers -BUSY.
 
+mod common;
 mod redis_support;
 
 use redis::{Connection, RedisResult, Value};

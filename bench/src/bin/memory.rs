@@ -3,9 +3,8 @@
 //!
 //! `cargo run --release -p creditd-bench --bin memory`
 
-use creditd_bench::{id_into, loaded_engine};
-use creditd_engine::command::{Charge, Mutation};
-use creditd_engine::id::Bytes;
+use creditd_bench::{id_into, loaded_engine, reserve};
+use creditd_engine::command::Charge;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
@@ -45,20 +44,9 @@ fn main() {
     let after_accounts = live();
     let per_account = (after_accounts - base) as f64 / N as f64;
     let mut a = [0u8; 32];
-    let mut h = [0u8; 32];
     for n in 0..N {
         let account = id_into(&mut a, b"acct:", n);
-        let hold = id_into(&mut h, b"h:", n);
-        engine
-            .execute(
-                account,
-                &Mutation::Reserve {
-                    hold_id: Bytes(hold),
-                    charge: Charge::Amount(10),
-                    ttl_ms: None,
-                },
-            )
-            .expect("reserve");
+        reserve(&engine, account, n, Charge::Amount(10), None);
     }
     let after_holds = live();
     let per_hold = (after_holds - after_accounts) as f64 / N as f64;

@@ -4,45 +4,14 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A loopback port nobody listens on right now.
-/// Is the server on `port` a creditd? (A port from `free_port` can be handed
-/// to a parallel test's server before ours binds it: a bare connect or PING
-/// could reach that one.)
-pub fn is_creditd(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"INFO server\r\n").is_err() {
-        return false;
-    }
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 1024];
-    while reply.len() < 8192 {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => reply.extend_from_slice(&buf[..n]),
-        }
-        // With tokens configured, INFO before AUTH is NOAUTH: only creditd has them here.
-        if reply.starts_with(b"-NOAUTH") || reply.windows(16).any(|w| w == b"creditd_version:") {
-            return true;
-        }
-    }
-    false
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
+pub use crate::common::{free_port, is_creditd};
 
 /// Polls `f` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
