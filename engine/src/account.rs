@@ -32,26 +32,46 @@ const MAX_EVENT_ROUNDS: usize = 10_000_000;
 /// Upper bound on any account total, so sums of up to 10^15-credit grants can never overflow.
 pub const MAX_TOTAL: u64 = 1_000_000_000_000_000_000;
 
+/// The settings that shape an account's state beyond the command itself:
+/// how long and how many idempotency records it keeps, and how much
+/// history. Every journal record carries the terms it was applied under and
+/// the account keeps those of its last record, so the time-driven events
+/// between two records (expiries, renewals, forgetting ids) and a replay of
+/// the journal give the same state whatever the config says today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    pub idempotency_window_ms: u64,
+    pub max_ids: u32,
+    pub history_len: u32,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Terms {
+            idempotency_window_ms: 86_400_000,
+            max_ids: 1_000_000,
+            history_len: 1_000,
+        }
+    }
+}
+
 /// The limits an account enforces, from the config's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub hold_ttl_ms: u64,
-    pub idempotency_window_ms: u64,
     pub max_holds: u32,
     pub max_buckets: u32,
-    pub history_len: u32,
-    pub max_ids: u32,
+    /// What new records are made under (see [`Terms`]).
+    pub terms: Terms,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             hold_ttl_ms: 900_000,
-            idempotency_window_ms: 86_400_000,
             max_holds: 10_000,
             max_buckets: 1_000,
-            history_len: 1_000,
-            max_ids: 1_000_000,
+            terms: Terms::default(),
         }
     }
 }
@@ -174,6 +194,8 @@ pub struct Account {
     pub(crate) last_now_ms: u64,
     /// The last journal record applied to this account (replay skips older ones).
     pub applied_seq: u64,
+    /// The terms of that record: time-driven events run under them.
+    pub(crate) terms: Terms,
     pub(crate) subscription: Option<Box<Subscription>>,
 }
 
@@ -250,13 +272,13 @@ impl Account {
 
     pub(crate) fn log(
         &mut self,
-        limits: &Limits,
+        terms: Terms,
         at_ms: u64,
         op: Op,
         id: impl AsRef<[u8]>,
         amount: u64,
     ) {
-        let cap = limits.history_len.max(1) as usize;
+        let cap = terms.history_len.max(1) as usize;
         self.history.push(cap, at_ms, op, id.as_ref(), amount);
     }
 
@@ -266,12 +288,12 @@ impl Account {
     }
 
     /// Keeps `record` for the idempotency window (its namespace is its variant).
-    fn remember(&mut self, ctx: &Ctx, id: Id, record: Done) {
+    fn remember(&mut self, terms: Terms, now_ms: u64, id: Id, record: Done) {
         // Bounded memory: past the cap the oldest record goes early (documented).
-        let cap = ctx.limits.max_ids.max(1) as usize;
+        let cap = terms.max_ids.max(1) as usize;
         self.done.pop_while(|_, len| len >= cap);
-        self.done.push(ctx.now_ms, id, record);
-        let prune_at = ctx.now_ms.saturating_add(ctx.limits.idempotency_window_ms);
+        self.done.push(now_ms, id, record);
+        let prune_at = now_ms.saturating_add(terms.idempotency_window_ms);
         self.next_due_ms = self.next_due_ms.min(prune_at);
     }
 
@@ -291,7 +313,8 @@ impl Account {
         self.buckets.insert(pos, bucket);
     }
 
-    /// Adds credits as a new bucket (or into an identical plan bucket of this cycle).
+    /// Adds credits as a new bucket, or for the plan into its identical
+    /// bucket of this cycle (never into a bucket that GRANT made).
     pub(crate) fn add_credits(
         &mut self,
         id: Id,
@@ -299,16 +322,23 @@ impl Account {
         amount: u64,
         expires_at_ms: u64,
         priority: u8,
-        merge: bool,
+        from_plan: bool,
     ) {
         if amount == 0 {
             return;
         }
+        assert!(
+            self.bal.granted.saturating_add(amount) <= MAX_TOTAL,
+            "callers keep totals within MAX_TOTAL"
+        );
         self.bal.available += amount;
         self.bal.granted += amount;
-        if merge {
+        if from_plan {
             if let Some(b) = self.buckets.iter_mut().find(|b| {
-                b.kind == kind && b.expires_at_ms == expires_at_ms && b.priority == priority
+                b.from_plan
+                    && b.kind == kind
+                    && b.expires_at_ms == expires_at_ms
+                    && b.priority == priority
             }) {
                 b.remaining += amount;
                 if expires_at_ms != NEVER {
@@ -327,6 +357,7 @@ impl Account {
             expires_at_ms,
             priority,
             held_refs: 0,
+            from_plan,
         });
     }
 
@@ -413,7 +444,7 @@ impl Account {
     /// still live, else to `expired`. Returns the credits made available again.
     fn return_portions(
         &mut self,
-        limits: &Limits,
+        terms: Terms,
         portions: &SmallVec<[Portion; 2]>,
         at_ms: u64,
     ) -> u64 {
@@ -442,7 +473,7 @@ impl Account {
             } else {
                 self.bal.expired += p.amount;
                 let id = b.id.clone();
-                self.log(limits, at_ms, Op::ExpireCredits, id, p.amount);
+                self.log(terms, at_ms, Op::ExpireCredits, id, p.amount);
             }
         }
         self.drop_empty_buckets();
@@ -452,12 +483,14 @@ impl Account {
     // ----- time -----
 
     /// Applies every time-driven event due up to `now_ms`.
+    /// Runs under the terms of the account's last journal record, never
+    /// today's config: replay must reach the same state.
     #[inline]
-    pub fn advance(&mut self, now_ms: u64, limits: &Limits, effects: &mut Effects) {
+    pub fn advance(&mut self, now_ms: u64, effects: &mut Effects) {
         if now_ms < self.next_due_ms {
             return;
         }
-        self.run_due(now_ms, limits, effects);
+        self.run_due(now_ms, effects);
     }
 
     /// The earliest bucket expiry or renewal (not hold expiry).
@@ -475,7 +508,8 @@ impl Account {
     }
 
     #[cold]
-    fn run_due(&mut self, now_ms: u64, limits: &Limits, effects: &mut Effects) {
+    fn run_due(&mut self, now_ms: u64, effects: &mut Effects) {
+        let terms = self.terms;
         let mut due_holds: Vec<(u64, Id)> = self
             .holds
             .iter()
@@ -498,21 +532,21 @@ impl Account {
                 // Holds expire before buckets and renewals of the same instant.
                 let id = due_holds[next_hold].1.clone();
                 next_hold += 1;
-                self.expire_hold(limits, &id, t);
+                self.expire_hold(terms, &id, t);
                 effects.hold_expiries += 1;
             } else {
-                effects.bucket_expiries += self.expire_buckets(limits, t);
+                effects.bucket_expiries += self.expire_buckets(terms, t);
                 if self
                     .subscription
                     .as_ref()
                     .is_some_and(|s| s.cycle_end_ms <= t)
+                    && self.renew(terms, t)
                 {
-                    self.renew(limits, t);
                     effects.renewals += 1;
                 }
             }
         }
-        self.prune_done(now_ms, limits.idempotency_window_ms);
+        self.prune_done(now_ms, terms.idempotency_window_ms);
         let mut next = self.next_bucket_or_cycle_ms();
         for h in self.holds.values() {
             next = next.min(h.expires_at_ms);
@@ -521,36 +555,29 @@ impl Account {
             next = next.min(
                 front
                     .finished_ms
-                    .saturating_add(limits.idempotency_window_ms),
+                    .saturating_add(terms.idempotency_window_ms),
             );
         }
         self.next_due_ms = next;
     }
 
-    fn expire_hold(&mut self, limits: &Limits, id: &Id, at_ms: u64) {
+    fn expire_hold(&mut self, terms: Terms, id: &Id, at_ms: u64) {
         let hold = self.holds.remove(id).expect("due hold is open");
         let held = hold.held();
-        self.return_portions(limits, &hold.portions, at_ms);
-        self.log(limits, at_ms, Op::ExpireHold, id, held);
+        self.return_portions(terms, &hold.portions, at_ms);
+        self.log(terms, at_ms, Op::ExpireHold, id, held);
         let closed = ClosedHold {
             charge: hold.charge,
-            ttl_ms: hold.ttl_ms,
+            ttl_given: hold.ttl_given,
             amount: hold.amount,
             captured: hold.captured,
             outcome: HoldOutcome::Expired,
         };
-        let mut effects = Effects::default();
-        let ctx = Ctx {
-            now_ms: at_ms,
-            limits,
-            replay: true,
-            effects: &mut effects,
-        };
-        self.remember(&ctx, id.clone(), Done::Hold(closed));
+        self.remember(terms, at_ms, id.clone(), Done::Hold(closed));
     }
 
     /// Expires every bucket whose instant has come by `at_ms`. Returns how many.
-    fn expire_buckets(&mut self, limits: &Limits, at_ms: u64) -> u64 {
+    fn expire_buckets(&mut self, terms: Terms, at_ms: u64) -> u64 {
         let mut expired = Vec::new();
         for b in self.buckets.iter_mut() {
             if b.remaining > 0 && b.expires_at_ms <= at_ms {
@@ -562,7 +589,7 @@ impl Account {
         }
         let n = expired.len() as u64;
         for (id, amount) in expired {
-            self.log(limits, at_ms, Op::ExpireCredits, id, amount);
+            self.log(terms, at_ms, Op::ExpireCredits, id, amount);
         }
         self.drop_empty_buckets();
         n
@@ -607,32 +634,40 @@ impl Account {
             args.priority,
             false,
         );
-        self.log(ctx.limits, now, Op::Grant, &id, args.amount);
+        self.log(ctx.limits.terms, now, Op::Grant, &id, args.amount);
         let reply = self.bal.available;
-        self.remember(ctx, id, Done::Grant { args, reply });
+        self.remember(
+            ctx.limits.terms,
+            ctx.now_ms,
+            id,
+            Done::Grant { args, reply },
+        );
         Ok(Applied::Changed(reply))
     }
 
     /// Is a priced command for `feature` allowed by the account's plan?
     pub fn entitled(&self, feature: &str) -> bool {
-        self.subscription
-            .as_ref()
+        self.active_subscription()
             .is_none_or(|s| s.terms.includes(feature))
     }
 
     /// RESERVE. `price` resolves the charge (entitlement, rate card) only
     /// once the id is known to be new: a retry repeats its first reply even
     /// if a plan change or CONFIG RELOAD would refuse the command now.
+    /// `ttl_ms` is the hold's TTL; `ttl_given` the one the client sent, if
+    /// any: a retry is told from a conflict by what the client sent, so one
+    /// without TTL repeats even if the configured default changed since.
     pub fn reserve(
         &mut self,
         ctx: &mut Ctx,
         hold_id: &[u8],
         request: Charge,
-        ttl_ms: u64,
+        (ttl_ms, ttl_given): (u64, Option<u64>),
         price: impl FnOnce(&Account) -> Result<Priced>,
     ) -> Result<Applied> {
+        let same_ttl = |held: Option<u64>| held == ttl_given;
         if let Some(h) = self.holds.get(hold_id) {
-            return if h.charge.matches(&request) && h.ttl_ms == ttl_ms {
+            return if h.charge.matches(&request) && same_ttl(h.ttl_given) {
                 Ok(Applied::Repeated(h.amount))
             } else {
                 Err(EngineError::Conflict(
@@ -642,7 +677,7 @@ impl Account {
         }
         if let Some(done) = self.lookup_done(Kind::Hold, hold_id) {
             return match done {
-                Done::Hold(c) if c.charge.matches(&request) && c.ttl_ms == ttl_ms => {
+                Done::Hold(c) if c.charge.matches(&request) && same_ttl(c.ttl_given) => {
                     Ok(Applied::Repeated(c.amount))
                 }
                 _ => Err(EngineError::Conflict(
@@ -669,7 +704,7 @@ impl Account {
             id.clone(),
             Hold {
                 charge: charge.args,
-                ttl_ms,
+                ttl_given,
                 amount,
                 captured: 0,
                 portions,
@@ -677,7 +712,7 @@ impl Account {
                 price: charge.price,
             },
         );
-        self.log(ctx.limits, ctx.now_ms, Op::Reserve, id, amount);
+        self.log(ctx.limits.terms, ctx.now_ms, Op::Reserve, id, amount);
         Ok(Applied::Changed(amount))
     }
 
@@ -751,7 +786,7 @@ impl Account {
         self.holds.insert(id.clone(), hold);
         match result? {
             Applied::Changed(delta) => {
-                self.log(ctx.limits, ctx.now_ms, Op::Capture, id, delta);
+                self.log(ctx.limits.terms, ctx.now_ms, Op::Capture, id, delta);
                 Ok(Applied::Changed(captured))
             }
             repeated => Ok(repeated),
@@ -796,11 +831,11 @@ impl Account {
             }
         };
         let portions = std::mem::take(&mut hold.portions);
-        self.return_portions(ctx.limits, &portions, ctx.now_ms);
-        self.log(ctx.limits, ctx.now_ms, Op::Commit, &id, final_total);
+        self.return_portions(ctx.limits.terms, &portions, ctx.now_ms);
+        self.log(ctx.limits.terms, ctx.now_ms, Op::Commit, &id, final_total);
         let closed = ClosedHold {
             charge: hold.charge,
-            ttl_ms: hold.ttl_ms,
+            ttl_given: hold.ttl_given,
             amount: hold.amount,
             captured: final_total,
             outcome: HoldOutcome::Committed {
@@ -808,7 +843,7 @@ impl Account {
                 total: final_total,
             },
         };
-        self.remember(ctx, id, Done::Hold(closed));
+        self.remember(ctx.limits.terms, ctx.now_ms, id, Done::Hold(closed));
         Ok(Applied::Changed(final_total))
     }
 
@@ -825,16 +860,16 @@ impl Account {
                 _ => Err(EngineError::NotFound("no such hold".into())),
             };
         };
-        let returned = self.return_portions(ctx.limits, &hold.portions, ctx.now_ms);
-        self.log(ctx.limits, ctx.now_ms, Op::Release, &id, returned);
+        let returned = self.return_portions(ctx.limits.terms, &hold.portions, ctx.now_ms);
+        self.log(ctx.limits.terms, ctx.now_ms, Op::Release, &id, returned);
         let closed = ClosedHold {
             charge: hold.charge,
-            ttl_ms: hold.ttl_ms,
+            ttl_given: hold.ttl_given,
             amount: hold.amount,
             captured: hold.captured,
             outcome: HoldOutcome::Released { returned },
         };
-        self.remember(ctx, id, Done::Hold(closed));
+        self.remember(ctx.limits.terms, ctx.now_ms, id, Done::Hold(closed));
         Ok(Applied::Changed(returned))
     }
 
@@ -872,9 +907,10 @@ impl Account {
         }
         self.spend_available(charge.amount);
         let id = Id::new(debit_id);
-        self.log(ctx.limits, ctx.now_ms, Op::Debit, &id, charge.amount);
+        self.log(ctx.limits.terms, ctx.now_ms, Op::Debit, &id, charge.amount);
         self.remember(
-            ctx,
+            ctx.limits.terms,
+            ctx.now_ms,
             id,
             Done::Debit {
                 args: charge.args,
@@ -898,7 +934,7 @@ impl Account {
             })
             .collect();
         holds.sort_by(|a, b| (a.expires_at_ms, &a.id).cmp(&(b.expires_at_ms, &b.id)));
-        let sub = self.subscription.as_deref();
+        let sub = self.active_subscription();
         AccountView {
             balance: self.bal,
             plan: sub.map(|s| s.plan.clone()),

@@ -61,6 +61,10 @@ pub struct Bucket {
     /// Open hold portions that came from this bucket. A bucket is kept while
     /// any exist, so a release can return credits to it (or expire them).
     pub held_refs: u32,
+    /// Made by the account's plan (an allowance, add-on units, a rollover),
+    /// not by GRANT: only these merge with the plan's later grants of the
+    /// cycle, and only these end when the plan changes.
+    pub from_plan: bool,
 }
 
 impl Bucket {

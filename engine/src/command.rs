@@ -4,6 +4,7 @@
 //! it was applied, and whatever it resolved from the config at that instant
 //! (a sku's price, a plan's terms), so replay never depends on today's config.
 
+use crate::account::Terms;
 use crate::bucket::BucketKind;
 use crate::config::PlanTerms;
 use crate::id::Bytes;
@@ -53,7 +54,8 @@ pub enum Mutation<'a> {
         hold_id: Bytes<'a>,
         #[serde(borrow)]
         charge: Charge<'a>,
-        /// `None` means the configured default; the engine resolves it before journaling.
+        /// As the client sent it; `None` means the configured default, which
+        /// the journal record carries beside it.
         ttl_ms: Option<u64>,
     },
     Capture {
@@ -115,9 +117,13 @@ impl Mutation<'_> {
     }
 }
 
-/// One journal record. Version 1 of the payload format (the frame carries the
+/// One journal record. Version 2 of the payload format (version 1 records
+/// carried no terms) (the frame carries the
 /// format version; a new variant is only ever appended at the end).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Records are built on the stack and encoded at once, never stored: boxing
+// the large variant would cost an allocation per command.
+#[allow(clippy::large_enum_variant)]
 pub enum Record<'a> {
     /// A mutation applied to one account at `at_ms`.
     Apply {
@@ -130,6 +136,11 @@ pub enum Record<'a> {
         price: Option<Cow<'a, SkuPrice>>,
         /// The plan's terms for SUBSCRIBE.
         plan: Option<Cow<'a, PlanTerms>>,
+        /// The settings it was applied under (idempotency window, id cap,
+        /// history length): replay uses these, not today's config.
+        terms: Terms,
+        /// The default hold TTL a RESERVE without TTL got.
+        default_ttl_ms: Option<u64>,
     },
     /// The test clock moved to `at_ms` (so a restart never moves it back).
     Clock { at_ms: u64 },

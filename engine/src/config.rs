@@ -123,6 +123,9 @@ impl std::fmt::Debug for Token {
 /// hostile tenant cannot exhaust memory, disk or Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// Accounts the process keeps; a command that would create one more is
+    /// refused (memory is bounded per process).
+    pub max_accounts: u64,
     /// Default hold TTL when RESERVE gives none; 1..=86_400_000.
     pub hold_ttl_ms: u64,
     /// How long idempotency ids are remembered after the operation; >= 1.
@@ -149,6 +152,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            max_accounts: 10_000_000,
             hold_ttl_ms: 900_000,
             idempotency_window_ms: 86_400_000,
             max_holds_per_account: 10_000,
@@ -253,7 +257,7 @@ fn bad<T>(key: &str, message: impl Into<String>) -> R<T> {
     })
 }
 
-const SETTINGS_KEYS: [&str; 10] = [
+const SETTINGS_KEYS: [&str; 11] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -264,8 +268,9 @@ const SETTINGS_KEYS: [&str; 10] = [
     "redis_max_pending",
     "redis_stream_maxlen",
     "snapshot_every_records",
+    "max_accounts",
 ];
-const TOP_KEYS: [&str; 13] = [
+const TOP_KEYS: [&str; 14] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -276,6 +281,7 @@ const TOP_KEYS: [&str; 13] = [
     "redis_max_pending",
     "redis_stream_maxlen",
     "snapshot_every_records",
+    "max_accounts",
     "skus",
     "plans",
     "tokens",
@@ -324,6 +330,7 @@ fn settings(top: &Table) -> R<Settings> {
         let key = name;
         let u32max = u64::from(u32::MAX);
         match name {
+            "max_accounts" => s.max_accounts = int_in(v, key, 1, i64::MAX as u64, "")?,
             "hold_ttl_ms" => s.hold_ttl_ms = int_in(v, key, 1, 86_400_000, "")?,
             "idempotency_window_ms" => {
                 s.idempotency_window_ms = int_in(v, key, 1, i64::MAX as u64, "")?
@@ -970,7 +977,7 @@ role = "gateway"
             "creditd.toml: hold_ttl: unknown key (did you mean hold_ttl_ms?); expected one of: \
              hold_ttl_ms, idempotency_window_ms, max_holds_per_account, max_buckets_per_account, \
              history_per_account, max_ids_per_account, max_clients, redis_max_pending, \
-             redis_stream_maxlen, snapshot_every_records, skus, plans, tokens"
+             redis_stream_maxlen, snapshot_every_records, max_accounts, skus, plans, tokens"
         );
         let e = err("[skus.\"image/x\"]\nunit = \"image\"\ncredit = 80");
         assert_eq!(e.key, "skus.\"image/x\".credit");

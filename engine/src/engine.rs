@@ -7,6 +7,7 @@
 
 use crate::account::{
     price_charge, Account, AccountView, Applied, Balance, Ctx, Effects, GrantArgs, Limits, Map,
+    Terms,
 };
 use crate::bucket::NEVER;
 use crate::clock::Clock;
@@ -75,6 +76,18 @@ impl MemoryJournal {
         }
     }
 
+    /// A journal that keeps `records` (a restarted process's data dir) and
+    /// numbers new ones after the last of them.
+    pub fn continuing(records: Vec<(u64, Vec<u8>)>) -> Self {
+        let last_seq = records.last().map_or(0, |(seq, _)| *seq);
+        MemoryJournal {
+            seq: AtomicU64::new(last_seq),
+            keep: true,
+            records: Mutex::new(records),
+            ..Default::default()
+        }
+    }
+
     pub fn records(&self) -> Vec<(u64, Vec<u8>)> {
         self.records.lock().clone()
     }
@@ -97,6 +110,8 @@ impl JournalSink for MemoryJournal {
 pub struct Catalog {
     pub config: Config,
     pub limits: Limits,
+    /// Accounts the engine keeps at most (commands that would add one more fail).
+    pub max_accounts: u64,
     skus: HashMap<String, (Arc<str>, Arc<SkuPrice>)>,
 }
 
@@ -105,11 +120,13 @@ impl Catalog {
         let s = &config.settings;
         let limits = Limits {
             hold_ttl_ms: s.hold_ttl_ms,
-            idempotency_window_ms: s.idempotency_window_ms,
             max_holds: s.max_holds_per_account,
             max_buckets: s.max_buckets_per_account,
-            history_len: s.history_per_account,
-            max_ids: s.max_ids_per_account,
+            terms: Terms {
+                idempotency_window_ms: s.idempotency_window_ms,
+                max_ids: s.max_ids_per_account,
+                history_len: s.history_per_account,
+            },
         };
         let skus = config
             .skus
@@ -117,6 +134,7 @@ impl Catalog {
             .map(|(name, price)| (name.clone(), (Arc::from(name.as_str()), price.clone())))
             .collect();
         Catalog {
+            max_accounts: config.settings.max_accounts,
             config,
             limits,
             skus,
@@ -186,16 +204,20 @@ impl AccountTable {
         self.get(id).is_some()
     }
 
-    /// Inserts or replaces the account with `acct.key`.
-    fn insert(&mut self, acct: Box<Account>) {
+    /// Inserts or replaces the account with `acct.key`; true if it is new.
+    fn insert(&mut self, acct: Box<Account>) -> bool {
         let hash = Self::hash(&acct.key);
         match self
             .table
             .entry(hash, |a| a.key == acct.key, |a| Self::hash(&a.key))
         {
-            hash_table::Entry::Occupied(mut e) => *e.get_mut() = acct,
+            hash_table::Entry::Occupied(mut e) => {
+                *e.get_mut() = acct;
+                false
+            }
             hash_table::Entry::Vacant(e) => {
                 e.insert(acct);
+                true
             }
         }
     }
@@ -251,6 +273,8 @@ pub struct Engine {
     catalog: RwLock<Arc<Catalog>>,
     journal: Arc<dyn JournalSink>,
     track_dirty: bool,
+    /// Accounts in all shards (bounded by `Catalog::max_accounts` for new ones).
+    accounts: AtomicU64,
 }
 
 /// Number of shards: a power of two well above the core count, so two
@@ -300,8 +324,18 @@ fn validate(account: &[u8], m: &Mutation) -> Result<()> {
 
 /// The config-derived inputs of one mutation.
 struct Resolved {
+    /// RESERVE's TTL: as the client sent it, else the configured default.
+    ttl_ms: u64,
     price: Option<(Arc<str>, Arc<SkuPrice>)>,
     plan: Option<Arc<PlanTerms>>,
+}
+
+/// RESERVE's TTL: the client's, else the default in force (0 for others).
+fn reserve_ttl_ms(m: &Mutation, default_ttl_ms: Option<u64>) -> u64 {
+    match m {
+        Mutation::Reserve { ttl_ms, .. } => ttl_ms.or(default_ttl_ms).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Applies one mutation to one account. Shared by `execute` and `replay`.
@@ -335,10 +369,10 @@ fn apply(acct: &mut Account, ctx: &mut Ctx, m: &Mutation, r: Resolved) -> Result
             charge,
             ttl_ms,
         } => {
-            let ttl_ms = ttl_ms.expect("ttl resolved before apply");
             // Entitlement and price only for a new id: a retry repeats its
             // first reply (contract §4) even after a plan change or reload.
-            acct.reserve(ctx, hold_id.0, charge, ttl_ms, |acct| {
+            let ttl = (r.ttl_ms, ttl_ms);
+            acct.reserve(ctx, hold_id.0, charge, ttl, |acct| {
                 feature_ok(acct, &r)?;
                 price_charge(charge, r.price)
             })
@@ -390,6 +424,7 @@ impl Engine {
             catalog: RwLock::new(Arc::new(Catalog::new(config))),
             journal,
             track_dirty: false,
+            accounts: AtomicU64::new(0),
         }
     }
 
@@ -446,11 +481,15 @@ impl Engine {
             ));
         }
         let cat = self.catalog.read();
-        let mut m = *m;
-        if let Mutation::Reserve { ttl_ms, .. } = &mut m {
-            ttl_ms.get_or_insert(cat.limits.hold_ttl_ms);
-        }
+        let m = *m;
+        // RESERVE without TTL gets the default in force; the record keeps
+        // it, so replay gives the hold the same expiry whatever the config.
+        let default_ttl_ms = match m {
+            Mutation::Reserve { ttl_ms: None, .. } => Some(cat.limits.hold_ttl_ms),
+            _ => None,
+        };
         let resolved = Resolved {
+            ttl_ms: reserve_ttl_ms(&m, default_ttl_ms),
             price: match m {
                 Mutation::Reserve {
                     charge: Charge::Sku { sku, .. },
@@ -480,6 +519,7 @@ impl Engine {
         let record_price = resolved.price.as_ref().map(|(_, p)| p.clone());
         let record_plan = resolved.plan.clone();
         let limits = cat.limits;
+        let max_accounts = cat.max_accounts;
         drop(cat);
 
         let mut shard = self.shard_of(account).lock();
@@ -487,12 +527,22 @@ impl Engine {
         let mut fresh = None;
         let (acct, is_fresh) = match shard.accounts.get_mut(account) {
             Some(a) => (a, false),
-            None => (fresh.insert(Account::with_key(Id::new(account))), true),
+            None => {
+                // Counted now (exact under concurrency), given back below if
+                // the command fails and leaves the new account blank.
+                if self.accounts.fetch_add(1, Ordering::Relaxed) >= max_accounts {
+                    self.accounts.fetch_sub(1, Ordering::Relaxed);
+                    return Err(EngineError::invalid(format!(
+                        "too many accounts: max_accounts ({max_accounts}) reached"
+                    )));
+                }
+                (fresh.insert(Account::with_key(Id::new(account))), true)
+            }
         };
         let now = acct.clamp_now(self.clock.now_ms());
         let holds_before = acct.open_holds() as u64;
         let mut effects = Effects::default();
-        acct.advance(now, &limits, &mut effects);
+        acct.advance(now, &mut effects);
         let mut ctx = Ctx {
             now_ms: now,
             limits: &limits,
@@ -509,10 +559,13 @@ impl Engine {
                         mutation: m,
                         price: record_price.as_deref().map(Cow::Borrowed),
                         plan: record_plan.as_deref().map(Cow::Borrowed),
+                        terms: limits.terms,
+                        default_ttl_ms,
                     }
                     .encode(buf)
                 });
                 acct.applied_seq = seq;
+                acct.terms = limits.terms;
                 Ok(Outcome {
                     reply,
                     wait_seq: seq,
@@ -541,8 +594,14 @@ impl Engine {
         let id = (keep && (queue || (touched && self.track_dirty))).then(|| acct.key.clone());
         shard.add_effects(effects);
         shard.open_holds = shard.open_holds + holds_after - holds_before;
-        if let Some(acct) = fresh.filter(|_| keep) {
-            shard.accounts.insert(Box::new(acct));
+        match fresh {
+            Some(acct) if keep => {
+                shard.accounts.insert(Box::new(acct));
+            }
+            Some(_) => {
+                self.accounts.fetch_sub(1, Ordering::Relaxed);
+            }
+            None => {}
         }
         if let Some(id) = id {
             if queue {
@@ -558,7 +617,6 @@ impl Engine {
     /// Runs `f` on an account brought up to now (time-driven events applied),
     /// or on a blank account if it doesn't exist.
     fn read<T>(&self, account: &[u8], f: impl FnOnce(&Account) -> T) -> T {
-        let limits = self.catalog().limits;
         let mut shard = self.shard_of(account).lock();
         let shard = &mut *shard;
         let Some(acct) = shard.accounts.get_mut(account) else {
@@ -567,7 +625,7 @@ impl Engine {
         let now = acct.clamp_now(self.clock.now_ms());
         let holds_before = acct.open_holds() as u64;
         let mut effects = Effects::default();
-        acct.advance(now, &limits, &mut effects);
+        acct.advance(now, &mut effects);
         let out = f(acct);
         let holds_after = acct.open_holds() as u64;
         let changed_id =
@@ -598,7 +656,6 @@ impl Engine {
     /// order, so expiries and renewals happen even on idle accounts.
     /// Returns how many accounts it visited.
     pub fn sweep(&self, budget: usize) -> usize {
-        let limits = self.catalog().limits;
         let mut visited = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock();
@@ -639,7 +696,7 @@ impl Engine {
                 }
                 let holds_before = acct.open_holds() as u64;
                 let mut e = Effects::default();
-                acct.advance(now, &limits, &mut e);
+                acct.advance(now, &mut e);
                 let holds_after = acct.open_holds() as u64;
                 let next = acct.next_due_ms();
                 let queue = acct.queue_due(next);
@@ -734,7 +791,7 @@ impl Engine {
     /// Returns the record's instant.
     pub fn replay(&self, seq: u64, payload: &[u8]) -> std::result::Result<u64, String> {
         let record = decode_record(payload)?;
-        let (at_ms, account, m, price, plan) = match record {
+        let (at_ms, account, m, price, plan, terms, default_ttl_ms) = match record {
             Record::Clock { at_ms } => return Ok(at_ms),
             Record::Apply {
                 at_ms,
@@ -742,14 +799,25 @@ impl Engine {
                 mutation,
                 price,
                 plan,
-            } => (at_ms, account, mutation, price, plan),
+                terms,
+                default_ttl_ms,
+            } => (at_ms, account, mutation, price, plan, terms, default_ttl_ms),
         };
-        let limits = self.catalog().limits;
+        if matches!(m, Mutation::Reserve { ttl_ms: None, .. }) && default_ttl_ms.is_none() {
+            return Err(format!("record {seq} (reserve) has no TTL"));
+        }
+        // What the record was decided under; the other limits (open holds,
+        // buckets) are not re-checked on replay.
+        let limits = Limits {
+            terms,
+            ..self.catalog().limits
+        };
         let mut shard = self.shard_of(account.0).lock();
         let shard = &mut *shard;
         if !shard.accounts.contains_key(account.0) {
             let fresh = Account::with_key(Id::new(account.0));
             shard.accounts.insert(Box::new(fresh));
+            self.accounts.fetch_add(1, Ordering::Relaxed);
         }
         let acct = shard.accounts.get_mut(account.0).expect("inserted");
         let id = acct.key.clone();
@@ -759,7 +827,7 @@ impl Engine {
         let now = acct.clamp_now(at_ms);
         let holds_before = acct.open_holds() as u64;
         let mut effects = Effects::default();
-        acct.advance(now, &limits, &mut effects);
+        acct.advance(now, &mut effects);
         let sku_name = match m {
             Mutation::Reserve {
                 charge: Charge::Sku { sku, .. },
@@ -772,6 +840,7 @@ impl Engine {
             _ => None,
         };
         let resolved = Resolved {
+            ttl_ms: reserve_ttl_ms(&m, default_ttl_ms),
             price: sku_name.zip(price.map(|p| Arc::new(p.into_owned()))),
             plan: plan.map(|p| Arc::new(p.into_owned())),
         };
@@ -792,6 +861,7 @@ impl Engine {
             Err(e) => return Err(format!("record {seq} ({}) failed on replay: {e}", m.name())),
         }
         acct.applied_seq = seq;
+        acct.terms = terms;
         let next = acct.next_due_ms();
         let queue = acct.queue_due(next);
         shard.open_holds = shard.open_holds + acct.open_holds() as u64 - holds_before;
@@ -848,8 +918,23 @@ impl Engine {
             shard.due.push(Reverse((next, key.clone())));
         }
         acct.key = key;
-        shard.accounts.insert(Box::new(acct));
+        if shard.accounts.insert(Box::new(acct)) {
+            self.accounts.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// The latest instant any account has seen (a restarted test clock
+    /// resumes no earlier).
+    pub fn latest_instant_ms(&self) -> u64 {
+        let mut latest = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock();
+            for acct in shard.accounts.iter() {
+                latest = latest.max(acct.last_now_ms);
+            }
+        }
+        latest
     }
 
     /// Checks every account's invariants (after recovery).

@@ -46,7 +46,9 @@ impl ChargeArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     pub charge: ChargeArgs,
-    pub ttl_ms: u64,
+    /// RESERVE's TTL as the client gave it (`None`: the default), to tell a
+    /// retry from a conflict whatever the default is today.
+    pub ttl_given: Option<u64>,
     /// Credits held at RESERVE (its reply).
     pub amount: u64,
     /// Cumulative credits captured so far (may exceed `amount`: the overage came from available).
@@ -82,7 +84,7 @@ pub enum HoldOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosedHold {
     pub charge: ChargeArgs,
-    pub ttl_ms: u64,
+    pub ttl_given: Option<u64>,
     pub amount: u64,
     pub captured: u64,
     pub outcome: HoldOutcome,

@@ -1,7 +1,7 @@
 //! Subscriptions: calendar cycles, per-seat allowances, add-on units,
 //! upgrades with optional rollover, and renewals that happen on time.
 
-use crate::account::{Account, Applied, Ctx, Limits};
+use crate::account::{Account, Applied, Ctx, Terms};
 use crate::bucket::{BucketKind, DEFAULT_PRIORITY, NEVER};
 use crate::calendar::{cycle_containing, cycle_start_ms};
 use crate::config::PlanTerms;
@@ -33,6 +33,10 @@ pub struct Subscription {
     pub seats_next: u32,
     pub addon_units: u32,
     pub addon_units_next: u32,
+    /// UNSUBSCRIBE'd: no renewal at `cycle_end_ms`, where it ends. Until
+    /// then a SUBSCRIBE to the same plan takes it back without a second
+    /// allowance for the cycle.
+    pub cancelled: bool,
 }
 
 fn allowance(per_unit: u64, units: u32) -> Result<u64> {
@@ -63,20 +67,30 @@ fn cycle_bounds(anchor_ms: u64, terms: &PlanTerms, k: u32) -> Result<(u64, u64)>
 }
 
 impl Account {
+    /// The plan in force: a cancelled one only waits for its cycle's end.
+    pub(crate) fn active_subscription(&self) -> Option<&Subscription> {
+        self.subscription.as_deref().filter(|s| !s.cancelled)
+    }
+
     fn require_subscription(&self) -> Result<&Subscription> {
-        self.subscription
-            .as_deref()
+        self.active_subscription()
             .ok_or_else(|| EngineError::invalid("the account has no subscription"))
     }
 
     /// Grants the subscription's allowance for the current cycle's seats.
-    fn grant_cycle(&mut self, limits: &Limits, at_ms: u64, op: Op) -> Result<()> {
+    fn grant_cycle(&mut self, terms: Terms, at_ms: u64, op: Op) -> Result<()> {
         let sub = self.subscription.as_deref().expect("subscribed");
         let amount = allowance(sub.terms.credits_per_seat, sub.seats)?;
         let addon = match sub.terms.addon_unit_credits {
             Some(per) if sub.addon_units > 0 => allowance(per, sub.addon_units)?,
             _ => 0,
         };
+        // Renewals add up over the years: never past the account bound
+        // (10^18), where the sums stop being safe from overflow. Reaching it
+        // takes a thousand cycles of the largest allowance.
+        let room = crate::account::MAX_TOTAL.saturating_sub(self.bal.granted);
+        let amount = amount.min(room);
+        let addon = addon.min(room - amount);
         let (plan, end, start) = (sub.plan.clone(), sub.cycle_end_ms, sub.cycle_start_ms);
         let sub_id = bucket_id("", &plan, start);
         self.add_credits(
@@ -87,7 +101,7 @@ impl Account {
             DEFAULT_PRIORITY,
             true,
         );
-        self.log(limits, at_ms, op, plan.clone(), amount);
+        self.log(terms, at_ms, op, plan.clone(), amount);
         if addon > 0 {
             let addon_id = bucket_id("addon:", &plan, start);
             self.add_credits(
@@ -98,15 +112,20 @@ impl Account {
                 DEFAULT_PRIORITY,
                 true,
             );
-            self.log(limits, at_ms, Op::Addon, plan, addon);
+            self.log(terms, at_ms, Op::Addon, plan, addon);
         }
         Ok(())
     }
 
     /// The next cycle begins at its instant `at_ms` (== the old cycle's end).
-    pub(crate) fn renew(&mut self, limits: &Limits, at_ms: u64) {
+    /// Returns whether it renewed (a cancelled plan ends instead).
+    pub(crate) fn renew(&mut self, terms: Terms, at_ms: u64) -> bool {
         let sub = self.subscription.as_deref_mut().expect("subscribed");
         debug_assert_eq!(sub.cycle_end_ms, at_ms);
+        if sub.cancelled {
+            self.subscription = None;
+            return false;
+        }
         sub.cycle += 1;
         sub.seats = sub.seats_next;
         sub.addon_units = sub.addon_units_next;
@@ -118,12 +137,13 @@ impl Account {
             Err(_) => {
                 // The calendar ran out (year 9999): no more cycles.
                 sub.cycle_end_ms = NEVER;
-                return;
+                return false;
             }
         }
         // Allowances were validated when set, so this cannot fail.
-        self.grant_cycle(limits, at_ms, Op::Renew)
+        self.grant_cycle(terms, at_ms, Op::Renew)
             .expect("allowance validated at subscribe");
+        true
     }
 
     pub fn subscribe(
@@ -144,8 +164,24 @@ impl Account {
         if anchor > now {
             return Err(EngineError::invalid("ANCHOR is in the future"));
         }
-        if let Some(sub) = self.subscription.as_deref() {
-            if &*sub.plan == plan.as_bytes() {
+        if let Some(sub) = self.subscription.as_deref_mut() {
+            let same_plan = &*sub.plan == plan.as_bytes();
+            if sub.cancelled && same_plan {
+                // Taking back a pending cancellation: this cycle's allowance
+                // was granted already.
+                sub.cancelled = false;
+                let plan = sub.plan.clone();
+                self.log(ctx.limits.terms, now, Op::Subscribe, plan, 0);
+                if let Some(n) = seats {
+                    self.set_seats(ctx, n)?;
+                }
+                return Ok(Applied::Changed(self.bal.available));
+            }
+            if sub.cancelled {
+                // Another plan after UNSUBSCRIBE: the old credits stay until
+                // they expire, as they would have without it.
+                self.subscription = None;
+            } else if same_plan {
                 return match seats {
                     Some(n) => self.set_seats(ctx, n),
                     None => Ok(Applied::Repeated(self.bal.available)),
@@ -174,9 +210,10 @@ impl Account {
             seats_next: seats,
             addon_units: 0,
             addon_units_next: 0,
+            cancelled: false,
         }));
         self.next_due_ms = self.next_due_ms.min(end);
-        self.grant_cycle(ctx.limits, now, Op::Subscribe)?;
+        self.grant_cycle(ctx.limits.terms, now, Op::Subscribe)?;
         Ok(Applied::Changed(self.bal.available))
     }
 
@@ -188,7 +225,9 @@ impl Account {
         let mut leftover = 0u64;
         let mut expired = Vec::new();
         for b in self.buckets.iter_mut() {
-            if b.kind != BucketKind::Subscription || !b.is_live(now) {
+            // Only the plan's own allowance: credits a GRANT made with
+            // KIND subscription belong to whoever granted them.
+            if !b.from_plan || b.kind != BucketKind::Subscription || !b.is_live(now) {
                 continue;
             }
             if new_terms.upgrade_rollover {
@@ -205,7 +244,7 @@ impl Account {
         self.buckets.sort_by_key(|b| b.order_key());
         self.buckets.retain(|b| b.remaining > 0 || b.held_refs > 0);
         for (id, amount) in expired {
-            self.log(ctx.limits, now, Op::ExpireCredits, id, amount);
+            self.log(ctx.limits.terms, now, Op::ExpireCredits, id, amount);
         }
         if leftover > 0 {
             // Moving credits between buckets: add_credits counts them as
@@ -219,7 +258,7 @@ impl Account {
                 leftover,
                 new_end,
                 DEFAULT_PRIORITY,
-                false,
+                true,
             );
         }
         self.subscription = None;
@@ -259,7 +298,7 @@ impl Account {
             DEFAULT_PRIORITY,
             true,
         );
-        self.log(ctx.limits, ctx.now_ms, Op::Seats, plan, added);
+        self.log(ctx.limits.terms, ctx.now_ms, Op::Seats, plan, added);
         Ok(Applied::Changed(self.bal.available))
     }
 
@@ -299,15 +338,18 @@ impl Account {
             DEFAULT_PRIORITY,
             true,
         );
-        self.log(ctx.limits, ctx.now_ms, Op::Addon, plan, added);
+        self.log(ctx.limits.terms, ctx.now_ms, Op::Addon, plan, added);
         Ok(Applied::Changed(self.bal.available))
     }
 
+    /// No renewal at the cycle's end; what was granted stays until it expires.
     pub fn unsubscribe(&mut self, ctx: &mut Ctx) -> Result<Applied> {
-        let Some(sub) = self.subscription.take() else {
+        let Some(sub) = self.subscription.as_deref_mut().filter(|s| !s.cancelled) else {
             return Ok(Applied::Repeated(0));
         };
-        self.log(ctx.limits, ctx.now_ms, Op::Unsubscribe, sub.plan, 0);
+        sub.cancelled = true;
+        let plan = sub.plan.clone();
+        self.log(ctx.limits.terms, ctx.now_ms, Op::Unsubscribe, plan, 0);
         Ok(Applied::Changed(0))
     }
 }

@@ -186,7 +186,8 @@ struct MBucket {
 #[derive(Debug, Clone)]
 struct MHold {
     amount: u64,
-    ttl: u64,
+    /// As the client gave it (retries compare this, not the default).
+    ttl: Option<u64>,
     captured: u64,
     /// (bucket seq, credits still held from it), in the order taken.
     portions: Vec<(u64, u64)>,
@@ -217,7 +218,7 @@ enum MDone {
     },
     Hold {
         amount: u64,
-        ttl: u64,
+        ttl: Option<u64>,
         outcome: MOutcome,
     },
 }
@@ -411,10 +412,13 @@ impl MAccount {
                 if amount > MAX_AMOUNT || ttl.is_some_and(|t| !(1..=86_400_000).contains(&t)) {
                     return Err(MErr::Err);
                 }
+                // Retries compare the TTL as given, not the resolved default.
+                let ttl_given = ttl;
+                let same_ttl = |t: Option<u64>| t == ttl_given;
                 let ttl = ttl.unwrap_or(DEFAULT_TTL_MS);
                 let hid = HOLD_IDS[id];
                 if let Some(h) = self.holds.get(hid) {
-                    return if h.amount == amount && h.ttl == ttl {
+                    return if h.amount == amount && same_ttl(h.ttl) {
                         Ok((h.amount, false))
                     } else {
                         Err(MErr::Conflict)
@@ -424,7 +428,7 @@ impl MAccount {
                     return match d {
                         MDone::Hold {
                             amount: a, ttl: t, ..
-                        } if *a == amount && *t == ttl => Ok((amount, false)),
+                        } if *a == amount && same_ttl(*t) => Ok((amount, false)),
                         _ => Err(MErr::Conflict),
                     };
                 }
@@ -440,7 +444,7 @@ impl MAccount {
                     hid,
                     MHold {
                         amount,
-                        ttl,
+                        ttl: ttl_given,
                         captured: 0,
                         portions,
                         expires_at: now + ttl,

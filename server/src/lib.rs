@@ -8,6 +8,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod conn;
+pub mod datadir;
 pub mod http;
 pub mod metrics;
 pub mod persist;

@@ -38,14 +38,21 @@ impl JournalSink for JournalSlot {
     }
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP01";
+/// Format 2: the clock's instant after the shard count; accounts carry
+/// their terms.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP02";
+/// magic (8) + shard count (4) + clock instant (8).
+const SNAPSHOT_HEADER_BYTES: usize = 20;
 
-/// Builds a snapshot body: every shard, one at a time (each shard is locked
-/// only while it is serialized, so no request waits long).
+/// Builds a snapshot body: the clock's instant, then every shard, one at a
+/// time (each shard is locked only while it is serialized, so no request
+/// waits long). The instant keeps a restarted test clock from going back to
+/// before what the journal it replaces had recorded.
 pub fn snapshot_body(engine: &Engine) -> Vec<u8> {
     let mut body = Vec::with_capacity(1 << 20);
     body.extend_from_slice(SNAPSHOT_MAGIC);
     body.extend_from_slice(&(engine.shard_count() as u32).to_le_bytes());
+    body.extend_from_slice(&engine.now_ms().to_le_bytes());
     let mut part = Vec::new();
     for i in 0..engine.shard_count() {
         part.clear();
@@ -82,6 +89,14 @@ struct SnapshotPart {
     accounts: Vec<(Vec<u8>, Account)>,
 }
 
+/// What a snapshot held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub accounts: usize,
+    /// The clock's instant when the snapshot was taken.
+    pub clock_ms: u64,
+}
+
 /// Loads a snapshot body into the engine. With `redis`, every account the
 /// snapshot holds newer than Redis is marked dirty, so the write-behind
 /// brings Redis up to date (replayed records mark their accounts themselves).
@@ -89,12 +104,20 @@ pub fn restore_snapshot(
     engine: &Engine,
     body: &[u8],
     redis: Option<&RedisBase>,
-) -> Result<usize, String> {
-    if body.len() < 12 || &body[..8] != SNAPSHOT_MAGIC {
+) -> Result<Restored, String> {
+    if body.len() >= 8 && body[..6] == SNAPSHOT_MAGIC[..6] && body[..8] != SNAPSHOT_MAGIC[..] {
+        return Err(format!(
+            "snapshot format {} was written by another creditd version (this one reads {})",
+            String::from_utf8_lossy(&body[6..8]),
+            String::from_utf8_lossy(&SNAPSHOT_MAGIC[6..])
+        ));
+    }
+    if body.len() < SNAPSHOT_HEADER_BYTES || &body[..8] != SNAPSHOT_MAGIC {
         return Err("not a creditd snapshot".into());
     }
     let shards = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
-    let mut at = 12;
+    let clock_ms = u64::from_le_bytes(body[12..20].try_into().expect("8 bytes"));
+    let mut at = SNAPSHOT_HEADER_BYTES;
     let mut accounts = 0;
     for _ in 0..shards {
         let len_bytes = body.get(at..at + 8).ok_or("snapshot truncated")?;
@@ -110,7 +133,7 @@ pub fn restore_snapshot(
     if at != body.len() {
         return Err("snapshot has trailing bytes".into());
     }
-    Ok(accounts)
+    Ok(Restored { accounts, clock_ms })
 }
 
 fn restore_part_marking(engine: &Engine, part: &[u8], base: &RedisBase) -> Result<usize, String> {
@@ -165,7 +188,9 @@ pub fn recover(
         min_next_seq,
         on_durable,
         |_, body| {
-            snapshot_accounts = restore_snapshot(engine, body, redis)?;
+            let restored = restore_snapshot(engine, body, redis)?;
+            snapshot_accounts = restored.accounts;
+            max_at.fetch_max(restored.clock_ms, Ordering::Relaxed);
             Ok(())
         },
         |seq, payload| {
@@ -256,7 +281,10 @@ mod tests {
             .insert(Id::new(b"older-in-redis"), (applied, history - 1));
 
         let restored = engine();
-        assert_eq!(restore_snapshot(&restored, &body, Some(&base)), Ok(3));
+        assert_eq!(
+            restore_snapshot(&restored, &body, Some(&base)).map(|r| r.accounts),
+            Ok(3)
+        );
         assert_eq!(
             dirty(&restored),
             vec![b"absent".to_vec(), b"older-in-redis".to_vec()]
@@ -264,7 +292,10 @@ mod tests {
         assert_eq!(restored.balance(b"older-in-redis").available, 200);
 
         let plain = engine();
-        assert_eq!(restore_snapshot(&plain, &body, None), Ok(3));
+        assert_eq!(
+            restore_snapshot(&plain, &body, None).map(|r| r.accounts),
+            Ok(3)
+        );
         assert!(dirty(&plain).is_empty());
         assert_eq!(plain.balance(b"same").available, 100);
     }

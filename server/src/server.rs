@@ -8,6 +8,7 @@
 
 use crate::app::{load_config, App, Health, ServerStats};
 use crate::cli::{Fsync, Options};
+use crate::datadir::DataDirLock;
 use crate::http::{self, ProbeState};
 use crate::metrics::Metrics;
 use crate::persist::{self, JournalSlot};
@@ -39,21 +40,29 @@ pub fn run(opts: Options) -> Result<(), String> {
             opts.listen
         ));
     }
+    // First, before any port or file is touched: one process per data dir.
+    let data_dir_lock = DataDirLock::acquire(&opts.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("creditd-worker")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(opts, config))
+    runtime.block_on(serve(opts, config, data_dir_lock))
 }
 
-async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<(), String> {
+async fn serve(
+    mut opts: Options,
+    config: creditd_engine::config::Config,
+    mut data_dir_lock: DataDirLock,
+) -> Result<(), String> {
     // Probes first, so /healthz answers and /readyz says 503 while we recover.
     let probes = Arc::new(ProbeState::default());
     *probes.recovering_reason.lock() = "recovering".into();
     let http_listener = http::bind(opts.http)
         .await
         .map_err(|e| format!("cannot listen on {} (http): {e}", opts.http))?;
+    // With port 0 the kernel picks one: from here on, the address is the real one.
+    opts.http = http_listener.local_addr().unwrap_or(opts.http);
     tokio::spawn(http::serve(http_listener, probes.clone()));
 
     let test_clock = opts
@@ -122,7 +131,8 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
     slot.set(recovery.journal.clone());
     if let Some(clock) = &test_clock {
         // A restarted test clock never runs behind what was already recorded.
-        let _ = clock.set(recovery.max_at_ms.max(clock.now_ms()));
+        let latest = recovery.max_at_ms.max(engine.latest_instant_ms());
+        let _ = clock.set(latest.max(clock.now_ms()));
     }
     let stats = engine.stats();
     tracing::info!(
@@ -135,6 +145,12 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         "recovered"
     );
 
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    let listen = listener.local_addr().unwrap_or(opts.listen);
+    data_dir_lock.record_addresses(listen, opts.http)?;
+    opts.listen = listen;
     let app = Arc::new(App {
         engine: engine.clone(),
         opts: opts.clone(),
@@ -187,12 +203,9 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         });
     }
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
     app.health.ready.store(true, Ordering::Release);
     let _ = probes.app.set(app.clone());
-    tracing::info!(listen = %opts.listen, http = %opts.http, "creditd ready");
+    tracing::info!(listen = %listen, http = %opts.http, "creditd ready");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let accept = accept_loop(app.clone(), listener, shutdown_rx.clone());

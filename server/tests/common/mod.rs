@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A free loopback port (bound and released; good enough for tests).
 /// Is the server on `port` a creditd? (A port from `free_port` can be handed
 /// to a parallel test's server before ours binds it: a bare connect or PING
 /// could reach that one.)
@@ -38,6 +37,24 @@ pub fn is_creditd(port: u16) -> bool {
     false
 }
 
+/// The RESP and HTTP ports that process `pid` recorded in `data_dir`'s lock
+/// file, once it listens.
+pub fn listening_ports(data_dir: &Path, pid: u32) -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string(data_dir.join("creditd.lock")).ok()?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    if field("pid")?.parse::<u32>().ok()? != pid {
+        return None;
+    }
+    let port = |key: &str| field(key)?.rsplit(':').next()?.parse::<u16>().ok();
+    Some((port("listen")?, port("http")?))
+}
+
+/// A loopback port that was free a moment ago. Only for servers other than
+/// creditd that cannot bind port 0 and report it (callers retry on a clash).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -85,9 +102,10 @@ impl Creditd {
         c
     }
 
+    /// Starts the binary on ports the kernel picks (port 0: no race with a
+    /// parallel test for a "free" port) and learns them from the data dir's
+    /// lock file, where creditd records them once it listens.
     fn spawn(&mut self) {
-        self.port = free_port();
-        self.http_port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,9 +113,9 @@ impl Creditd {
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_creditd"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("127.0.0.1:0")
             .arg("--http")
-            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
@@ -107,7 +125,7 @@ impl Creditd {
             .spawn()
             .expect("spawn creditd");
         self.child = Some(child);
-        self.wait_ping(Duration::from_secs(60));
+        self.wait_ready(Duration::from_secs(60));
     }
 
     /// Starts it again (same data dir and flags, new ports).
@@ -116,11 +134,15 @@ impl Creditd {
         self.spawn();
     }
 
-    fn wait_ping(&mut self, timeout: Duration) {
+    fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let pid = self.pid();
         loop {
-            if is_creditd(self.port) {
-                return;
+            if let Some((port, http_port)) = listening_ports(&self.data_dir, pid) {
+                if is_creditd(port) {
+                    (self.port, self.http_port) = (port, http_port);
+                    return;
+                }
             }
             if let Some(status) = self
                 .child
