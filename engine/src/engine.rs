@@ -615,18 +615,20 @@ impl Engine {
     }
 
     /// Runs `f` on an account brought up to now (time-driven events applied),
-    /// or on a blank account if it doesn't exist.
-    fn read<T>(&self, account: &[u8], f: impl FnOnce(&Account) -> T) -> T {
+    /// or on a blank account if it doesn't exist. Also returns the account's
+    /// last journal seq: a reply that shows the state waits until it is
+    /// durable, so no client sees a change that could still be lost.
+    pub fn read<T>(&self, account: &[u8], f: impl FnOnce(&Account) -> T) -> (T, u64) {
         let mut shard = self.shard_of(account).lock();
         let shard = &mut *shard;
         let Some(acct) = shard.accounts.get_mut(account) else {
-            return f(&Account::new());
+            return (f(&Account::new()), 0);
         };
         let now = acct.clamp_now(self.clock.now_ms());
         let holds_before = acct.open_holds() as u64;
         let mut effects = Effects::default();
         acct.advance(now, &mut effects);
-        let out = f(acct);
+        let out = (f(acct), acct.applied_seq);
         let holds_after = acct.open_holds() as u64;
         let changed_id =
             (effects != Effects::default() && self.track_dirty).then(|| acct.key.clone());
@@ -641,15 +643,15 @@ impl Engine {
     }
 
     pub fn balance(&self, account: &[u8]) -> Balance {
-        self.read(account, |a| a.balance())
+        self.read(account, |a| a.balance()).0
     }
 
     pub fn account(&self, account: &[u8]) -> AccountView {
-        self.read(account, |a| a.view())
+        self.read(account, |a| a.view()).0
     }
 
     pub fn history(&self, account: &[u8], count: usize) -> Vec<HistoryEntry> {
-        self.read(account, |a| a.history(count))
+        self.read(account, |a| a.history(count)).0
     }
 
     /// Applies due time-driven events to at most `budget` accounts, in due

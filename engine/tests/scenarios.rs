@@ -1393,3 +1393,30 @@ fn busy_applies_nothing() {
     let o = engine.execute(b"acct", &grant("g", 10)).unwrap();
     assert_eq!((o.reply, o.changed, o.wait_seq), (10, false, 1));
 }
+
+#[test]
+fn renewals_stop_at_the_account_bound_instead_of_wrapping() {
+    const E15: u64 = 1_000_000_000_000_000;
+    let config = Config::parse(
+        "[plans.huge]\nperiod = \"month\"\ncredits_per_seat = 1000000000000000\n",
+        "bound.toml",
+    )
+    .unwrap();
+    let t = T::with_config(config, JAN31);
+    let a = "ws";
+    // 998 x 10^15 granted and spent: the account is 2 x 10^15 from the bound.
+    for i in 0..998 {
+        let (g, d) = (format!("g{i}"), format!("d{i}"));
+        t.ok(a, grant(&g, E15));
+        t.ok(a, debit(&d, E15));
+    }
+    t.ok(a, subscribe("huge", None, None));
+    assert_eq!(t.bal(a)[4], 999 * E15);
+    // The next renewal reaches the bound exactly; those after grant nothing.
+    for months in 1..=3 {
+        t.advance(32 * 86_400_000);
+        let [available, held, spent, expired, granted] = t.bal(a);
+        assert_eq!(available + held + spent + expired, granted);
+        assert_eq!(granted, 1_000 * E15, "after {months} renewals");
+    }
+}

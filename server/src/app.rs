@@ -65,6 +65,9 @@ pub struct App {
 impl App {
     /// Applies a mutation unless persistence is past its bound.
     pub fn execute(&self, account: &[u8], m: &Mutation) -> Result<Outcome, EngineError> {
+        if let Some(problem) = self.journal.write_problem() {
+            return Err(EngineError::Busy(format!("{problem}; retry later")));
+        }
         if let Some(redis) = self.redis.read().as_ref() {
             if redis.over_bound() {
                 return Err(EngineError::Busy(
@@ -135,9 +138,8 @@ impl App {
             let r = self.health.reason.lock().clone();
             return Some(if r.is_empty() { "recovering".into() } else { r });
         }
-        let js = self.journal.stats();
-        if js.writer_failed {
-            return Some("the journal writer failed: no change can be made durable".into());
+        if let Some(problem) = self.journal.write_problem() {
+            return Some(problem);
         }
         if !self.journal.has_capacity() {
             return Some("the journal is behind its bound".into());
@@ -196,7 +198,7 @@ impl App {
             let (connected, pending, lag_ms) = self.redis_status();
             let _ = write!(
                 s,
-                "# Persistence\r\nloading:{}\r\njournal_fsync:{}\r\njournal_last_seq:{}\r\njournal_durable_seq:{}\r\njournal_bytes_written:{}\r\njournal_writes:{}\r\njournal_fsyncs:{}\r\njournal_segments:{}\r\njournal_pending_bytes:{}\r\njournal_writer_failed:{}\r\nredis_enabled:{}\r\nredis_connected:{}\r\nredis_pending:{}\r\nredis_lag_ms:{}\r\n\r\n",
+                "# Persistence\r\nloading:{}\r\njournal_fsync:{}\r\njournal_last_seq:{}\r\njournal_durable_seq:{}\r\njournal_bytes_written:{}\r\njournal_writes:{}\r\njournal_fsyncs:{}\r\njournal_segments:{}\r\njournal_pending_bytes:{}\r\njournal_writer_failed:{}\r\nwrite_errors:{}\r\nredis_enabled:{}\r\nredis_connected:{}\r\nredis_pending:{}\r\nredis_lag_ms:{}\r\n\r\n",
                 (!self.health.ready.load(Ordering::Acquire)) as u8,
                 self.opts.fsync.as_str(),
                 js.last_seq,
@@ -207,6 +209,7 @@ impl App {
                 js.segment_count,
                 js.pending_bytes,
                 js.writer_failed as u8,
+                js.write_errors,
                 self.opts.redis.is_some() as u8,
                 connected as u8,
                 pending,

@@ -26,6 +26,10 @@ pub const MAX_QUERY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 pub const OUT_FLUSH_BYTES: usize = 1024 * 1024;
 /// Longest command name echoed back in an error.
 const NAME_ECHO_BYTES: usize = 64;
+/// Longest wait for the journal to make a batch's changes durable. Past it
+/// (the disk is full or failing) each reply still waiting becomes `-BUSY`
+/// instead of hanging: the client learns the outcome by retrying the same id.
+pub const DURABLE_WAIT_MAX_MS: u64 = 3_000;
 
 /// Frame limits (contract §2; issue: inline 64 KiB, 1,024 args, 1 MiB bulk).
 pub fn frame_limits() -> Limits {
@@ -189,6 +193,35 @@ pub fn execute_command(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec
     }
 }
 
+/// The batch's replies with each one whose change is not durable yet
+/// replaced by `-BUSY`: the change is applied in memory and will reach the
+/// journal once it can write, or be lost with the process, so it was never
+/// acknowledged; a retry with the same id answers which.
+fn busy_where_not_durable(
+    app: &App,
+    out: &[u8],
+    waiting: &[(usize, usize, u64)],
+    durable_seq: u64,
+) -> Vec<u8> {
+    let why = app
+        .journal
+        .write_problem()
+        .unwrap_or_else(|| format!("the journal did not write it within {DURABLE_WAIT_MAX_MS} ms"));
+    let message = format!(
+        "BUSY this change is not durable yet: {why}; retry with the same id to learn its outcome"
+    );
+    let mut replaced = Vec::with_capacity(out.len());
+    let mut copied = 0;
+    for &(start, end, _) in waiting.iter().filter(|w| w.2 > durable_seq) {
+        replaced.extend_from_slice(&out[copied..start]);
+        encode::error(&mut replaced, &message);
+        copied = end;
+        app.metrics.durability_timeouts.increment(1);
+    }
+    replaced.extend_from_slice(&out[copied..]);
+    replaced
+}
+
 /// Serves one connection until it closes, errs, or the server shuts down.
 pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
@@ -208,9 +241,12 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
     let mut start = 0usize;
     let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut frame = Frame::new();
+    // Replies that wait for the journal: (start, end in `out`, seq).
+    let mut waiting: Vec<(usize, usize, u64)> = Vec::new();
     loop {
         // Execute every complete frame in the buffer (pipelining).
         let mut wait_seq = 0u64;
+        waiting.clear();
         let mut close = false;
         let mut commands = 0u64;
         // Set when we stop early to flush: complete frames may remain buffered.
@@ -224,7 +260,11 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
                 Ok(Parsed::Complete { consumed }) => {
                     let window = &buf[start..start + consumed];
                     let args: SmallVec<[&[u8]; 16]> = frame.iter(window).collect();
+                    let reply_start = out.len();
                     let seq = execute_frame(&app, &mut session, &args, &mut out);
+                    if seq > 0 {
+                        waiting.push((reply_start, out.len(), seq));
+                    }
                     wait_seq = wait_seq.max(seq);
                     commands += 1;
                     start += consumed;
@@ -261,8 +301,16 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
         if !out.is_empty() {
             if wait_seq > *durable.borrow() {
                 let waited = Instant::now();
-                if durable.wait_for(|d| *d >= wait_seq).await.is_err() {
-                    return; // the journal is gone: the server is stopping
+                let limit = std::time::Duration::from_millis(DURABLE_WAIT_MAX_MS);
+                let waited_for =
+                    tokio::time::timeout(limit, durable.wait_for(|d| *d >= wait_seq)).await;
+                match waited_for.map(|r| r.map(|_| ())) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return, // the journal is gone: the server is stopping
+                    Err(_) => {
+                        let durable_seq = *durable.borrow();
+                        out = busy_where_not_durable(&app, &out, &waiting, durable_seq);
+                    }
                 }
                 app.metrics
                     .durability_wait

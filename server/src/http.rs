@@ -46,6 +46,7 @@ fn refresh_gauges(app: &App) {
     counter!("creditd_journal_records_total").absolute(js.records_written);
     counter!("creditd_journal_writes_total").absolute(js.groups_written);
     counter!("creditd_journal_fsyncs_total").absolute(js.fsyncs);
+    counter!("creditd_write_errors_total").absolute(js.write_errors);
     gauge!("creditd_journal_last_write_seconds").set(js.last_write_latency_ns as f64 / 1e9);
     gauge!("creditd_journal_last_fsync_seconds").set(js.last_fsync_latency_ns as f64 / 1e9);
     gauge!("creditd_journal_pending_bytes").set(js.pending_bytes as f64);

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     pub protocol_errors: Counter,
     pub durability_wait: Histogram,
+    /// Replies turned into `-BUSY` because their change was not durable in time.
+    pub durability_timeouts: Counter,
     pub journal_write: Histogram,
     pub journal_fsync: Histogram,
     pub journal_group_bytes: Histogram,
@@ -92,6 +94,7 @@ impl Metrics {
             connections_rejected: counter!("creditd_connections_rejected_total"),
             protocol_errors: counter!("creditd_protocol_errors_total"),
             durability_wait: histogram!("creditd_journal_wait_seconds"),
+            durability_timeouts: counter!("creditd_durability_timeouts_total"),
             journal_write: histogram!("creditd_journal_write_seconds"),
             journal_fsync: histogram!("creditd_journal_fsync_seconds"),
             journal_group_bytes: histogram!("creditd_journal_group_bytes"),

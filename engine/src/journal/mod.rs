@@ -231,6 +231,11 @@ pub(crate) struct Shared {
     segment_opened: Condvar,
     stopping: AtomicBool,
     failed: AtomicBool,
+    /// A write or segment creation is failing and being retried (disk full,
+    /// EIO): set on the first failure, cleared by the first success.
+    stalled: AtomicBool,
+    /// What failed last, for operators (`Journal::write_problem`).
+    problem: Mutex<String>,
     durable_seq: AtomicU64,
     appended_bytes: AtomicU64,
     written_bytes: AtomicU64,
@@ -343,6 +348,8 @@ impl Journal {
             segment_opened: Condvar::new(),
             stopping: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            problem: Mutex::new(String::new()),
             durable_seq: AtomicU64::new(report.last_seq),
             appended_bytes: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
@@ -391,16 +398,39 @@ impl Journal {
         seq
     }
 
-    /// False while more than [`BUFFER_MAX_BYTES`] wait for the disk (or the writer failed): the
-    /// engine then refuses new mutations with BUSY rather than buffer without bound.
     /// Installs an observer of write and fsync latencies (once; later calls are ignored).
     pub fn set_observer(&self, observer: JournalObserver) {
         let _ = self.shared.observer.set(observer);
     }
 
+    /// False while the writer cannot write (it retries: disk full, EIO),
+    /// has stopped on an error, or more than [`BUFFER_MAX_BYTES`] wait for
+    /// the disk: the engine then refuses new mutations with BUSY rather than
+    /// buffer without bound or apply changes it cannot make durable.
     pub fn has_capacity(&self) -> bool {
         let pending_bytes = self.pending_bytes();
-        pending_bytes < BUFFER_MAX_BYTES && !self.shared.failed.load(Relaxed)
+        pending_bytes < BUFFER_MAX_BYTES
+            && !self.shared.failed.load(Relaxed)
+            && !self.shared.stalled.load(Relaxed)
+    }
+
+    /// Why nothing can be made durable now, if so: the writer is retrying a
+    /// failed write, or it stopped on an error (only a restart helps).
+    pub fn write_problem(&self) -> Option<String> {
+        let problem = || self.shared.problem.lock().clone();
+        if self.shared.failed.load(Relaxed) {
+            Some(format!(
+                "the journal writer stopped after an error ({}); restart creditd",
+                problem()
+            ))
+        } else if self.shared.stalled.load(Relaxed) {
+            Some(format!(
+                "the journal cannot write ({}); retrying",
+                problem()
+            ))
+        } else {
+            None
+        }
     }
 
     fn pending_bytes(&self) -> u64 {

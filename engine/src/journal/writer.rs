@@ -105,6 +105,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut segment: Segment) -> io::Result<()> {
             "creditd journal: writer stopped on {}: {error}",
             segment.path.display()
         );
+        *shared.problem.lock() = error.to_string();
         // Under the state lock, so a `rotate` between its check and its wait cannot miss it.
         let _state = shared.state.lock();
         shared.failed.store(true, Release);
@@ -198,7 +199,10 @@ fn run_loop(shared: &Shared, segment: &mut Segment) -> io::Result<()> {
 /// Only a restart, which re-reads the file, knows what is really there.
 fn sync(shared: &Shared, segment: &Segment) -> io::Result<()> {
     let started = Instant::now();
-    segment.file.sync_data()?;
+    if let Err(error) = segment.file.sync_data() {
+        shared.counters.write_errors.fetch_add(1, Relaxed);
+        return Err(error);
+    }
     let latency_ns = elapsed_ns(started);
     shared
         .counters
@@ -248,9 +252,20 @@ fn retry<T>(
     let mut backoff_ms = RETRY_BACKOFF_MIN_MS;
     loop {
         match operation() {
-            Ok(value) => return Ok(value),
+            Ok(value) => {
+                if shared.stalled.load(Relaxed) {
+                    shared.stalled.store(false, Relaxed);
+                    eprintln!(
+                        "creditd journal: {what} in {} works again",
+                        shared.dir.display()
+                    );
+                }
+                return Ok(value);
+            }
             Err(error) => {
                 shared.counters.write_errors.fetch_add(1, Relaxed);
+                *shared.problem.lock() = format!("{what} failed: {error}");
+                shared.stalled.store(true, Relaxed);
                 eprintln!(
                     "creditd journal: {what} in {} failed: {error}; retry in {backoff_ms} ms",
                     shared.dir.display()

@@ -1,4 +1,5 @@
-//! BALANCE, ACCOUNT, HISTORY: reads, each one consistent snapshot of one account.
+//! BALANCE, ACCOUNT, HISTORY: reads, each one consistent snapshot of one
+//! account, replied once every change it shows is durable.
 
 use super::{end, fields, id, is, parse_u64, Failure, Flow, Session};
 use crate::app::App;
@@ -25,9 +26,9 @@ pub fn balance(
     a: &[&[u8]],
     out: &mut Vec<u8>,
 ) -> Result<Flow, Failure> {
-    let b = app.engine.balance(id(a[1])?);
+    let (b, seq) = app.engine.read(id(a[1])?, |acct| acct.balance());
     fields(out, s.proto, &balance_pairs(&b));
-    Ok(Flow::Done)
+    Ok(Flow::Wait(seq))
 }
 
 fn key(out: &mut Vec<u8>, k: &str) {
@@ -45,7 +46,7 @@ pub fn account(
     a: &[&[u8]],
     out: &mut Vec<u8>,
 ) -> Result<Flow, Failure> {
-    let v = app.engine.account(id(a[1])?);
+    let (v, seq) = app.engine.read(id(a[1])?, |acct| acct.view());
     let p = s.proto;
     encode::map_header(out, p, 11);
     for (k, n) in balance_pairs(&v.balance) {
@@ -88,7 +89,7 @@ pub fn account(
         key(out, "expires_at");
         int(out, h.expires_at_ms);
     }
-    Ok(Flow::Done)
+    Ok(Flow::Wait(seq))
 }
 
 /// `HISTORY account [COUNT n]`
@@ -106,14 +107,13 @@ pub fn history(
         i += 2;
     }
     end(a, i)?;
-    let entries = app
-        .engine
-        .history(account, count.min(u32::MAX as u64) as usize);
+    let count = count.min(u32::MAX as u64) as usize;
+    let (entries, seq) = app.engine.read(account, |acct| acct.history(count));
     encode::array_header(out, entries.len());
     for e in &entries {
         write_entry(out, s.proto, e);
     }
-    Ok(Flow::Done)
+    Ok(Flow::Wait(seq))
 }
 
 fn write_entry(out: &mut Vec<u8>, p: Proto, e: &creditd_engine::history::HistoryEntry) {
