@@ -20,6 +20,8 @@ mod store;
 mod writer;
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
@@ -221,11 +223,36 @@ pub enum JournalEvent {
 /// An observer of writer events (called on the writer thread: must be cheap).
 pub type JournalObserver = Box<dyn Fn(JournalEvent) + Send + Sync>;
 
+/// Where the writer is about to touch the disk (for [`Journal::inject_faults`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Appending `bytes` to the current segment.
+    Write { bytes: usize },
+    /// fsync of the current segment.
+    Sync,
+    /// Creating the next segment.
+    Create,
+}
+
+/// An injected disk fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The operation fails with this error and does nothing.
+    Fail(io::ErrorKind),
+    /// A write stores only its first `n` bytes, then fails (the disk filled).
+    Short(usize),
+}
+
+/// Decides, for each disk operation, whether it fails (tests only: the
+/// fault-injection tests run the real writer against them).
+pub type FaultHook = Box<dyn Fn(DiskOp) -> Option<Fault> + Send + Sync>;
+
 pub(crate) struct Shared {
     dir: PathBuf,
     mode: FsyncMode,
     on_durable: Box<dyn Fn(u64) + Send + Sync>,
     observer: std::sync::OnceLock<JournalObserver>,
+    faults: std::sync::OnceLock<FaultHook>,
     state: Mutex<State>,
     writer_wake: Condvar,
     segment_opened: Condvar,
@@ -335,6 +362,7 @@ impl Journal {
             mode,
             on_durable,
             observer: std::sync::OnceLock::new(),
+            faults: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 buf: Vec::with_capacity(1 << 20),
                 rotations: Vec::new(),
@@ -396,6 +424,12 @@ impl Journal {
         drop(state);
         self.shared.writer_wake.notify_one();
         seq
+    }
+
+    /// Makes disk operations fail as `hook` decides, from now on (once;
+    /// later calls are ignored). For fault-injection tests.
+    pub fn inject_faults(&self, hook: FaultHook) {
+        let _ = self.shared.faults.set(hook);
     }
 
     /// Installs an observer of write and fsync latencies (once; later calls are ignored).

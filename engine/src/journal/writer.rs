@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::store::{segment_path, sync_dir};
-use super::{FsyncMode, JournalEvent, Rotation, Shared};
+use super::{DiskOp, Fault, FsyncMode, JournalEvent, Rotation, Shared};
 
 /// EverySec fsyncs at most this often, like Redis AOF `everysec`.
 const EVERYSEC_INTERVAL_MS: u64 = 1_000;
@@ -77,13 +77,21 @@ impl Segment {
 
     /// Writes all of `bytes` at the end, or nothing: a partial write is cut back so that a retry
     /// does not leave a torn frame in the middle of the segment.
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn write(&mut self, bytes: &[u8], fault: Option<Fault>) -> io::Result<()> {
         if self.needs_seek {
             self.file.set_len(self.bytes)?;
             self.file.seek(SeekFrom::Start(self.bytes))?;
             self.needs_seek = false;
         }
-        match self.file.write_all(bytes) {
+        let written = match fault {
+            None => self.file.write_all(bytes),
+            Some(Fault::Fail(kind)) => Err(io::Error::from(kind)),
+            Some(Fault::Short(n)) => self
+                .file
+                .write_all(&bytes[..n.min(bytes.len())])
+                .and(Err(io::Error::from(io::ErrorKind::StorageFull))),
+        };
+        match written {
             Ok(()) => {
                 self.bytes += bytes.len() as u64;
                 Ok(())
@@ -199,7 +207,11 @@ fn run_loop(shared: &Shared, segment: &mut Segment) -> io::Result<()> {
 /// Only a restart, which re-reads the file, knows what is really there.
 fn sync(shared: &Shared, segment: &Segment) -> io::Result<()> {
     let started = Instant::now();
-    if let Err(error) = segment.file.sync_data() {
+    let synced = match shared.fault(DiskOp::Sync) {
+        Some(Fault::Fail(kind)) => Err(io::Error::from(kind)),
+        Some(Fault::Short(_)) | None => segment.file.sync_data(),
+    };
+    if let Err(error) = synced {
         shared.counters.write_errors.fetch_add(1, Relaxed);
         return Err(error);
     }
@@ -225,6 +237,9 @@ fn switch_segment(shared: &Shared, segment: &mut Segment, first_seq: u64) -> io:
         sync(shared, segment)?;
     }
     *segment = retry(shared, "create segment", || {
+        if let Some(Fault::Fail(kind)) = shared.fault(DiskOp::Create) {
+            return Err(io::Error::from(kind));
+        }
         Segment::create(&shared.dir, first_seq)
     })?;
     shared.counters.segments.fetch_add(1, Relaxed);
@@ -238,7 +253,8 @@ fn write_retrying(shared: &Shared, segment: &mut Segment, bytes: &[u8]) -> io::R
     if bytes.is_empty() {
         return Ok(());
     }
-    retry(shared, "write", || segment.write(bytes))
+    let op = DiskOp::Write { bytes: bytes.len() };
+    retry(shared, "write", || segment.write(bytes, shared.fault(op)))
 }
 
 /// Retries a failed write (disk full, EIO) with exponential backoff until it succeeds or
@@ -277,6 +293,13 @@ fn retry<T>(
                 backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MAX_MS);
             }
         }
+    }
+}
+
+impl Shared {
+    /// The injected fault for `op`, if a test installed a hook.
+    fn fault(&self, op: DiskOp) -> Option<Fault> {
+        self.faults.get().and_then(|hook| hook(op))
     }
 }
 
