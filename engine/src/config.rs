@@ -320,7 +320,46 @@ fn build(top: &Table) -> R<Config> {
     if let Some(v) = top.get("tokens") {
         config.tokens = tokens(v)?;
     }
+    check_plan_features(&config)?;
     Ok(config)
+}
+
+/// Every feature a plan lists must be a default feature (`image`, `video`,
+/// `tool`) or one some sku has: a typo such as `features = ["imgae"]` would
+/// otherwise refuse every image to the plan's accounts.
+fn check_plan_features(config: &Config) -> R<()> {
+    let defaults = [Unit::Image, Unit::Second, Unit::Use].map(Unit::default_feature);
+    let known: std::collections::BTreeSet<&str> = config
+        .skus
+        .values()
+        .map(|s| s.feature.as_str())
+        .chain(defaults)
+        .collect();
+    let mut plans: Vec<_> = config.plans.iter().collect();
+    plans.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, plan) in plans {
+        for (i, feature) in plan.features.iter().flatten().enumerate() {
+            if known.contains(feature.as_str()) {
+                continue;
+            }
+            let hint = known
+                .iter()
+                .map(|k| (edit_distance(feature, k), *k))
+                .filter(|(d, _)| *d <= 2)
+                .min()
+                .map(|(_, k)| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
+            let listed = known.iter().copied().collect::<Vec<_>>().join(", ");
+            return bad(
+                &format!("{}[{i}]", join(&join("plans", name), "features")),
+                format!(
+                    "no sku has the feature {}{hint}; known features: {listed}",
+                    quote(feature),
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn settings(top: &Table) -> R<Settings> {
@@ -1118,6 +1157,21 @@ role = "gateway"
         );
         // 100 % off is a valid (free in bulk) tier.
         assert!(Config::parse(&sku("[{ min_qty = 100, discount_pct = 100 }]"), "x").is_ok());
+    }
+
+    #[test]
+    fn plan_features_must_exist_and_typos_get_a_hint() {
+        let text = "[skus.\"v/x\"]\nunit = \"second\"\ncredits = 5\nfeature = \"voiceover\"\n\
+                    [plans.p]\ncredits_per_seat = 1\nfeatures = [\"video\", \"imgae\"]\n";
+        let e = err(text);
+        assert_eq!(e.key, "plans.p.features[1]");
+        assert!(e.message.contains("did you mean image?"), "{e}");
+        assert!(
+            e.message.contains("image, tool, video, voiceover"),
+            "{e}"
+        );
+        let ok = text.replace("imgae", "voiceover");
+        assert!(Config::parse(&ok, "x.toml").is_ok());
     }
 
     #[test]

@@ -235,3 +235,26 @@ pub fn load_config(opts: &Options) -> Result<Config, String> {
         None => Ok(Config::builtin()),
     }
 }
+
+/// Logs what a config holds (at start and after a reload), and warns about a
+/// config that serves nothing priced: a file with only settings in it is
+/// almost always a mistake.
+pub fn log_loaded(opts: &Options, config: &Config, what: &str) {
+    let source = opts
+        .config
+        .as_ref()
+        .map_or_else(|| "built-in example".to_string(), |p| p.display().to_string());
+    tracing::info!(
+        config = %source,
+        skus = config.skus.len(),
+        plans = config.plans.len(),
+        tokens = config.tokens.len(),
+        "{what}"
+    );
+    if config.skus.is_empty() {
+        tracing::warn!(
+            config = %source,
+            "the config has no rate card ([skus.*]): QUOTE and every SKU-priced RESERVE or DEBIT answer NOTFOUND"
+        );
+    }
+}

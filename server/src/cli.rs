@@ -1,8 +1,9 @@
 //! The command line (contract §8). Every flag can also be set with a
 //! `CREDITD_*` environment variable; a flag wins over the variable.
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, ValueEnum};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 /// When the journal fsyncs, as Redis AOF means these words.
@@ -27,12 +28,12 @@ impl Fsync {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "creditd", version, about, long_about = None)]
 pub struct Options {
-    /// Address for RESP clients.
-    #[arg(long, env = "CREDITD_LISTEN", default_value = "127.0.0.1:6479")]
+    /// Address for RESP clients: IP:PORT or HOST:PORT (port 0: the kernel picks one).
+    #[arg(long, env = "CREDITD_LISTEN", default_value = "127.0.0.1:6479", value_parser = parse_address)]
     pub listen: SocketAddr,
 
     /// Address for the HTTP probes (/healthz, /readyz, /metrics).
-    #[arg(long, env = "CREDITD_HTTP", default_value = "127.0.0.1:6480")]
+    #[arg(long, env = "CREDITD_HTTP", default_value = "127.0.0.1:6480", value_parser = parse_address)]
     pub http: SocketAddr,
 
     /// TOML config (rate card, plans, tokens, settings). Default: the built-in example.
@@ -44,7 +45,7 @@ pub struct Options {
     pub data_dir: PathBuf,
 
     /// Redis URL to write state behind to (e.g. redis://127.0.0.1:6379/0).
-    #[arg(long, env = "CREDITD_REDIS")]
+    #[arg(long, env = "CREDITD_REDIS", value_parser = parse_redis_url)]
     pub redis: Option<String>,
 
     /// Journal fsync policy.
@@ -52,18 +53,91 @@ pub struct Options {
     pub fsync: Fsync,
 
     /// Enable CLOCK GET/SET/ADVANCE (time under the client's control; for tests).
-    #[arg(long, env = "CREDITD_TEST_CLOCK")]
+    /// The variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "CREDITD_TEST_CLOCK", value_parser = BoolishValueParser::new())]
     pub test_clock: bool,
 
     /// Allow listening beyond loopback without tokens.
-    #[arg(long, env = "CREDITD_INSECURE")]
+    /// The variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "CREDITD_INSECURE", value_parser = BoolishValueParser::new())]
     pub insecure: bool,
 
     /// Seconds a graceful shutdown waits for connections to finish.
     #[arg(long, env = "CREDITD_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
 
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `creditd=debug`.
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `debug` or `creditd=debug`.
     #[arg(long, env = "CREDITD_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log lines as text (colored on a terminal) or as JSON objects (for log shippers).
+    #[arg(long, env = "CREDITD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `IP:PORT`, or `HOST:PORT` resolved now (the first address it resolves to).
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut resolved = text
+        .to_socket_addrs()
+        .map_err(|e| format!("expected IP:PORT or HOST:PORT, e.g. 127.0.0.1:6479 ({e})"))?;
+    resolved
+        .next()
+        .ok_or_else(|| format!("{text} resolves to no address"))
+}
+
+/// A Redis URL: `redis://[user:password@]host:port[/db]` (or `rediss://`,
+/// `redis+unix://`, `unix://`). A bare `host:port` is refused with the form
+/// to use, rather than misread.
+fn parse_redis_url(text: &str) -> Result<String, String> {
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    if SCHEMES.iter().any(|s| text.starts_with(s)) {
+        return Ok(text.to_string());
+    }
+    Err(format!(
+        "expected a URL like redis://host:port/db (e.g. redis://{text}/0), not {text:?}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_host_names() {
+        assert_eq!(
+            parse_address("127.0.0.1:7000"),
+            Ok("127.0.0.1:7000".parse().unwrap())
+        );
+        let local = parse_address("localhost:7000").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 7000);
+        assert!(parse_address("localhost").is_err());
+    }
+
+    #[test]
+    fn redis_urls_need_a_scheme() {
+        assert!(parse_redis_url("redis://127.0.0.1:6379/0").is_ok());
+        let e = parse_redis_url("127.0.0.1:6379").unwrap_err();
+        assert!(e.contains("redis://127.0.0.1:6379/0"), "{e}");
+    }
+
+    #[test]
+    fn boolean_variables_take_the_usual_words() {
+        // The only test that sets CREDITD_* variables in this process.
+        for (word, on) in [("1", true), ("0", false), ("yes", true), ("no", false), ("true", true), ("off", false)] {
+            std::env::set_var("CREDITD_TEST_CLOCK", word);
+            let opts = Options::try_parse_from(["creditd"]).expect("parses");
+            assert_eq!(opts.test_clock, on, "CREDITD_TEST_CLOCK={word}");
+        }
+        std::env::remove_var("CREDITD_TEST_CLOCK");
+    }
 }

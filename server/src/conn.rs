@@ -273,7 +273,6 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
                 Ok(Parsed::Incomplete) => break,
                 Err(e) => {
                     app.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    app.metrics.protocol_errors.increment(1);
                     encode::error(&mut out, &format!("ERR Protocol error: {e}"));
                     close = true;
                     break;

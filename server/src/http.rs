@@ -56,11 +56,14 @@ fn refresh_gauges(app: &App) {
     gauge!("creditd_redis_pending").set(pending as f64);
     gauge!("creditd_redis_lag_seconds").set(lag_ms as f64 / 1e3);
     gauge!("creditd_ready").set(app.not_ready_reason().is_none() as u8 as f64);
-    app.metrics.connections_open.set(
-        app.stats
-            .connections_open
-            .load(std::sync::atomic::Ordering::Relaxed) as f64,
-    );
+    // INFO's own counters, so INFO and /metrics never disagree.
+    let stats = &app.stats;
+    let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    gauge!("creditd_connections_open").set(read(&stats.connections_open) as f64);
+    counter!("creditd_connections_total").absolute(read(&stats.connections_total));
+    counter!("creditd_connections_rejected_total").absolute(read(&stats.connections_rejected));
+    counter!("creditd_protocol_errors_total").absolute(read(&stats.protocol_errors));
+    counter!("creditd_commands_processed_total").absolute(read(&stats.commands_processed));
 }
 
 async fn handle(

@@ -1,7 +1,8 @@
 //! The `creditd` binary.
 
 use clap::Parser;
-use creditd::cli::Options;
+use creditd::cli::{LogFormat, Options};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 // The system allocator, deliberately: mimalloc made the engine
@@ -10,15 +11,28 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let opts = Options::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&opts.log).unwrap_or_else(|_| EnvFilter::new("info")))
+    let filter = match EnvFilter::try_new(&opts.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "creditd: --log {:?} is not a log filter ({e}); try info, debug or creditd=debug",
+                opts.log
+            );
+            std::process::exit(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match opts.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "creditd starting");
     if let Err(message) = creditd::server::run(opts) {
-        tracing::error!("{message}");
-        eprintln!("creditd: {message}");
+        // Once, through the log (which goes to stderr as well).
+        tracing::error!("creditd: {message}");
         std::process::exit(1);
     }
 }

@@ -2,7 +2,7 @@
 //! registered once, so the hot path only bumps atomics (no label lookups).
 
 use crate::commands::COMMANDS;
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{counter, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
@@ -33,20 +33,55 @@ pub const GROUP_BYTES_BUCKETS: &[f64] = &[
     64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
 ];
 
+/// Every metric with its help text: each gets a `# HELP` line.
+const DESCRIPTIONS: &[(&str, &str)] = &[
+    ("creditd_accounts", "Accounts in memory."),
+    ("creditd_open_holds", "Open holds (reservations not yet committed, released or expired)."),
+    ("creditd_hold_expiries_total", "Holds that expired unresolved."),
+    ("creditd_bucket_expiries_total", "Credit buckets that expired with credits left."),
+    ("creditd_renewals_total", "Plan cycles renewed."),
+    ("creditd_command_duration_seconds", "Time to execute one command (parse to reply, without the journal wait)."),
+    ("creditd_commands_total", "Commands by command and result code (registered when first seen)."),
+    ("creditd_commands_processed_total", "Commands processed (INFO total_commands_processed)."),
+    ("creditd_connections_open", "Client connections open now (INFO connected_clients)."),
+    ("creditd_connections_total", "Client connections accepted (INFO total_connections_received)."),
+    ("creditd_connections_rejected_total", "Connections refused at max_clients (INFO rejected_connections)."),
+    ("creditd_protocol_errors_total", "Connections closed for malformed input (INFO total_protocol_errors)."),
+    ("creditd_journal_wait_seconds", "Time replies waited for the journal to make their changes durable."),
+    ("creditd_durability_timeouts_total", "Replies turned into -BUSY because their change was not durable in time."),
+    ("creditd_journal_write_seconds", "Time of one journal write(2) (one group of records)."),
+    ("creditd_journal_fsync_seconds", "Time of one journal fsync."),
+    ("creditd_journal_group_bytes", "Bytes per journal write: how much group commit batches."),
+    ("creditd_journal_bytes_written_total", "Journal bytes written."),
+    ("creditd_journal_records_total", "Journal records written."),
+    ("creditd_journal_writes_total", "Journal writes (groups)."),
+    ("creditd_journal_fsyncs_total", "Journal fsyncs."),
+    ("creditd_journal_last_write_seconds", "Time of the last journal write."),
+    ("creditd_journal_last_fsync_seconds", "Time of the last journal fsync."),
+    ("creditd_journal_pending_bytes", "Journal bytes appended but not yet written."),
+    ("creditd_journal_segments", "Journal segment files in the data dir."),
+    ("creditd_write_errors_total", "Failed journal writes, segment creations and fsyncs (INFO write_errors)."),
+    ("creditd_redis_connected", "1 while the Redis write-behind is connected."),
+    ("creditd_redis_pending", "Acknowledged changes not yet written to Redis."),
+    ("creditd_redis_lag_seconds", "Age of the oldest change not yet written to Redis."),
+    ("creditd_ready", "1 while /readyz answers 200."),
+];
+
 struct CommandMetrics {
+    name: &'static str,
     latency: Histogram,
-    results: Vec<Counter>,
+    /// By result code, registered on first use: only results that happened
+    /// show up (no `quit/INSUFFICIENT` series).
+    results: Vec<OnceLock<Counter>>,
 }
 
-/// The server's metric handles.
+/// The server's metric handles. Counters that INFO shows too are not kept
+/// here: `/metrics` publishes INFO's own counters (`ServerStats`) when it is
+/// scraped, so the two never disagree.
 pub struct Metrics {
     handle: PrometheusHandle,
     commands: Vec<CommandMetrics>,
     unknown_commands: Counter,
-    pub connections_open: Gauge,
-    pub connections_total: Counter,
-    pub connections_rejected: Counter,
-    pub protocol_errors: Counter,
     pub durability_wait: Histogram,
     /// Replies turned into `-BUSY` because their change was not durable in time.
     pub durability_timeouts: Counter,
@@ -60,14 +95,24 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 fn recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS_S)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_S)
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("creditd_journal_group_bytes".into()),
+                        GROUP_BYTES_BUCKETS,
+                    )
+                })
                 .expect("buckets are valid")
                 .install_recorder()
-                .expect("one Prometheus recorder per process")
+                .expect("one Prometheus recorder per process");
+            for (name, help) in DESCRIPTIONS {
+                metrics::describe_counter!(*name, *help);
+            }
+            handle
         })
         .clone()
 }
@@ -78,21 +123,15 @@ impl Metrics {
         let commands = COMMANDS
             .iter()
             .map(|spec| CommandMetrics {
+                name: spec.name,
                 latency: histogram!("creditd_command_duration_seconds", "command" => spec.name),
-                results: CODES
-                    .iter()
-                    .map(|code| counter!("creditd_commands_total", "command" => spec.name, "result" => *code))
-                    .collect(),
+                results: CODES.iter().map(|_| OnceLock::new()).collect(),
             })
             .collect();
         Metrics {
             handle,
             commands,
             unknown_commands: counter!("creditd_commands_total", "command" => "unknown", "result" => "ERR"),
-            connections_open: gauge!("creditd_connections_open"),
-            connections_total: counter!("creditd_connections_total"),
-            connections_rejected: counter!("creditd_connections_rejected_total"),
-            protocol_errors: counter!("creditd_protocol_errors_total"),
             durability_wait: histogram!("creditd_journal_wait_seconds"),
             durability_timeouts: counter!("creditd_durability_timeouts_total"),
             journal_write: histogram!("creditd_journal_write_seconds"),
@@ -107,7 +146,9 @@ impl Metrics {
         let m = &self.commands[index];
         m.latency.record(seconds);
         let i = CODES.iter().position(|c| *c == code).unwrap_or(1);
-        m.results[i].increment(1);
+        m.results[i]
+            .get_or_init(|| counter!("creditd_commands_total", "command" => m.name, "result" => CODES[i]))
+            .increment(1);
     }
 
     pub fn unknown_command(&self) {

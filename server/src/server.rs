@@ -34,6 +34,7 @@ const SNAPSHOT_CHECK_MS: u64 = 1000;
 /// failed start (bad config, refused address, corrupt journal).
 pub fn run(opts: Options) -> Result<(), String> {
     let config = load_config(&opts)?;
+    crate::app::log_loaded(&opts, &config, "config loaded");
     if config.tokens.is_empty() && !opts.listen.ip().is_loopback() && !opts.insecure {
         return Err(format!(
             "refusing to listen on {} without tokens: anyone who can reach it could grant and spend credits. Add [[tokens]] to the config, listen on loopback, or pass --insecure",
@@ -248,14 +249,12 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Rece
             }
         };
         app.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        app.metrics.connections_total.increment(1);
         let open = app.stats.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
         if open > app.max_clients.load(Ordering::Relaxed) {
             app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
             app.stats
                 .connections_rejected
                 .fetch_add(1, Ordering::Relaxed);
-            app.metrics.connections_rejected.increment(1);
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
