@@ -1,4 +1,4 @@
-//! Issue 2's choice: dashmap vs hand-sharded `parking_lot::Mutex<HashMap>`,
+//! The shard map's choice: dashmap vs hand-sharded `parking_lot::Mutex<HashMap>`,
 //! for creditd's access pattern (look up one account by id, update it),
 //! over 1,000,000 keys, one and two threads.
 //!

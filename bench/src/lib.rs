@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use std::sync::Arc;
 
-/// Accounts in the benchmark population (issue 7: 1,000,000).
+/// Accounts in the benchmark population (the targets' scale: 1,000,000).
 pub const ACCOUNTS: u64 = 1_000_000;
 
 /// Writes `prefix` + decimal `n` into `buf`, returns the used slice (no allocation).

@@ -1,5 +1,5 @@
 //! Measures heap bytes per account (with one bucket) and per open hold with a
-//! counting allocator. Issue 7's targets: <= 256 bytes each.
+//! counting allocator. The targets: <= 256 bytes each.
 //!
 //! `cargo run --release -p creditd-bench --bin memory`
 
