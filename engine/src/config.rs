@@ -1166,10 +1166,7 @@ role = "gateway"
         let e = err(text);
         assert_eq!(e.key, "plans.p.features[1]");
         assert!(e.message.contains("did you mean image?"), "{e}");
-        assert!(
-            e.message.contains("image, tool, video, voiceover"),
-            "{e}"
-        );
+        assert!(e.message.contains("image, tool, video, voiceover"), "{e}");
         let ok = text.replace("imgae", "voiceover");
         assert!(Config::parse(&ok, "x.toml").is_ok());
     }

@@ -240,10 +240,10 @@ pub fn load_config(opts: &Options) -> Result<Config, String> {
 /// config that serves nothing priced: a file with only settings in it is
 /// almost always a mistake.
 pub fn log_loaded(opts: &Options, config: &Config, what: &str) {
-    let source = opts
-        .config
-        .as_ref()
-        .map_or_else(|| "built-in example".to_string(), |p| p.display().to_string());
+    let source = opts.config.as_ref().map_or_else(
+        || "built-in example".to_string(),
+        |p| p.display().to_string(),
+    );
     tracing::info!(
         config = %source,
         skus = config.skus.len(),

@@ -133,7 +133,14 @@ mod tests {
     #[test]
     fn boolean_variables_take_the_usual_words() {
         // The only test that sets CREDITD_* variables in this process.
-        for (word, on) in [("1", true), ("0", false), ("yes", true), ("no", false), ("true", true), ("off", false)] {
+        for (word, on) in [
+            ("1", true),
+            ("0", false),
+            ("yes", true),
+            ("no", false),
+            ("true", true),
+            ("off", false),
+        ] {
             std::env::set_var("CREDITD_TEST_CLOCK", word);
             let opts = Options::try_parse_from(["creditd"]).expect("parses");
             assert_eq!(opts.test_clock, on, "CREDITD_TEST_CLOCK={word}");

@@ -36,34 +36,106 @@ pub const GROUP_BYTES_BUCKETS: &[f64] = &[
 /// Every metric with its help text: each gets a `# HELP` line.
 const DESCRIPTIONS: &[(&str, &str)] = &[
     ("creditd_accounts", "Accounts in memory."),
-    ("creditd_open_holds", "Open holds (reservations not yet committed, released or expired)."),
-    ("creditd_hold_expiries_total", "Holds that expired unresolved."),
-    ("creditd_bucket_expiries_total", "Credit buckets that expired with credits left."),
+    (
+        "creditd_open_holds",
+        "Open holds (reservations not yet committed, released or expired).",
+    ),
+    (
+        "creditd_hold_expiries_total",
+        "Holds that expired unresolved.",
+    ),
+    (
+        "creditd_bucket_expiries_total",
+        "Credit buckets that expired with credits left.",
+    ),
     ("creditd_renewals_total", "Plan cycles renewed."),
-    ("creditd_command_duration_seconds", "Time to execute one command (parse to reply, without the journal wait)."),
-    ("creditd_commands_total", "Commands by command and result code (registered when first seen)."),
-    ("creditd_commands_processed_total", "Commands processed (INFO total_commands_processed)."),
-    ("creditd_connections_open", "Client connections open now (INFO connected_clients)."),
-    ("creditd_connections_total", "Client connections accepted (INFO total_connections_received)."),
-    ("creditd_connections_rejected_total", "Connections refused at max_clients (INFO rejected_connections)."),
-    ("creditd_protocol_errors_total", "Connections closed for malformed input (INFO total_protocol_errors)."),
-    ("creditd_journal_wait_seconds", "Time replies waited for the journal to make their changes durable."),
-    ("creditd_durability_timeouts_total", "Replies turned into -BUSY because their change was not durable in time."),
-    ("creditd_journal_write_seconds", "Time of one journal write(2) (one group of records)."),
-    ("creditd_journal_fsync_seconds", "Time of one journal fsync."),
-    ("creditd_journal_group_bytes", "Bytes per journal write: how much group commit batches."),
-    ("creditd_journal_bytes_written_total", "Journal bytes written."),
+    (
+        "creditd_command_duration_seconds",
+        "Time to execute one command (parse to reply, without the journal wait).",
+    ),
+    (
+        "creditd_commands_total",
+        "Commands by command and result code (registered when first seen).",
+    ),
+    (
+        "creditd_commands_processed_total",
+        "Commands processed (INFO total_commands_processed).",
+    ),
+    (
+        "creditd_connections_open",
+        "Client connections open now (INFO connected_clients).",
+    ),
+    (
+        "creditd_connections_total",
+        "Client connections accepted (INFO total_connections_received).",
+    ),
+    (
+        "creditd_connections_rejected_total",
+        "Connections refused at max_clients (INFO rejected_connections).",
+    ),
+    (
+        "creditd_protocol_errors_total",
+        "Connections closed for malformed input (INFO total_protocol_errors).",
+    ),
+    (
+        "creditd_journal_wait_seconds",
+        "Time replies waited for the journal to make their changes durable.",
+    ),
+    (
+        "creditd_durability_timeouts_total",
+        "Replies turned into -BUSY because their change was not durable in time.",
+    ),
+    (
+        "creditd_journal_write_seconds",
+        "Time of one journal write(2) (one group of records).",
+    ),
+    (
+        "creditd_journal_fsync_seconds",
+        "Time of one journal fsync.",
+    ),
+    (
+        "creditd_journal_group_bytes",
+        "Bytes per journal write: how much group commit batches.",
+    ),
+    (
+        "creditd_journal_bytes_written_total",
+        "Journal bytes written.",
+    ),
     ("creditd_journal_records_total", "Journal records written."),
     ("creditd_journal_writes_total", "Journal writes (groups)."),
     ("creditd_journal_fsyncs_total", "Journal fsyncs."),
-    ("creditd_journal_last_write_seconds", "Time of the last journal write."),
-    ("creditd_journal_last_fsync_seconds", "Time of the last journal fsync."),
-    ("creditd_journal_pending_bytes", "Journal bytes appended but not yet written."),
-    ("creditd_journal_segments", "Journal segment files in the data dir."),
-    ("creditd_write_errors_total", "Failed journal writes, segment creations and fsyncs (INFO write_errors)."),
-    ("creditd_redis_connected", "1 while the Redis write-behind is connected."),
-    ("creditd_redis_pending", "Acknowledged changes not yet written to Redis."),
-    ("creditd_redis_lag_seconds", "Age of the oldest change not yet written to Redis."),
+    (
+        "creditd_journal_last_write_seconds",
+        "Time of the last journal write.",
+    ),
+    (
+        "creditd_journal_last_fsync_seconds",
+        "Time of the last journal fsync.",
+    ),
+    (
+        "creditd_journal_pending_bytes",
+        "Journal bytes appended but not yet written.",
+    ),
+    (
+        "creditd_journal_segments",
+        "Journal segment files in the data dir.",
+    ),
+    (
+        "creditd_write_errors_total",
+        "Failed journal writes, segment creations and fsyncs (INFO write_errors).",
+    ),
+    (
+        "creditd_redis_connected",
+        "1 while the Redis write-behind is connected.",
+    ),
+    (
+        "creditd_redis_pending",
+        "Acknowledged changes not yet written to Redis.",
+    ),
+    (
+        "creditd_redis_lag_seconds",
+        "Age of the oldest change not yet written to Redis.",
+    ),
     ("creditd_ready", "1 while /readyz answers 200."),
 ];
 
@@ -147,7 +219,9 @@ impl Metrics {
         m.latency.record(seconds);
         let i = CODES.iter().position(|c| *c == code).unwrap_or(1);
         m.results[i]
-            .get_or_init(|| counter!("creditd_commands_total", "command" => m.name, "result" => CODES[i]))
+            .get_or_init(
+                || counter!("creditd_commands_total", "command" => m.name, "result" => CODES[i]),
+            )
             .increment(1);
     }
 

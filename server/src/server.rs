@@ -239,7 +239,7 @@ async fn serve(
 
 async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     loop {
-        let (mut stream, _) = match listener.accept().await {
+        let (mut stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -251,6 +251,7 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Rece
         app.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let open = app.stats.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
         if open > app.max_clients.load(Ordering::Relaxed) {
+            tracing::debug!(%peer, "connection refused: max_clients reached");
             app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
             app.stats
                 .connections_rejected
@@ -263,11 +264,13 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Rece
             });
             continue;
         }
+        tracing::debug!(%peer, open, "connection accepted");
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             crate::conn::serve(app.clone(), stream, shutdown).await;
             app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(%peer, "connection closed");
         });
     }
 }
@@ -295,10 +298,19 @@ fn spawn_sweeper(engine: Arc<Engine>, stop: Arc<AtomicBool>) -> std::thread::Joi
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(SWEEP_INTERVAL_MS));
                 // Bounded passes: at most 64 full budgets before sleeping again.
+                let mut visited = 0;
                 for _ in 0..64 {
-                    if engine.sweep(SWEEP_BUDGET) < SWEEP_BUDGET {
+                    let n = engine.sweep(SWEEP_BUDGET);
+                    visited += n;
+                    if n < SWEEP_BUDGET {
                         break;
                     }
+                }
+                if visited > 0 {
+                    tracing::debug!(
+                        accounts = visited,
+                        "sweeper applied due expiries and renewals"
+                    );
                 }
             }
         })
