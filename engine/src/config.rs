@@ -314,6 +314,12 @@ fn build(top: &Table) -> R<Config> {
         for (name, v) in table(v, "plans")? {
             let key = join("plans", name);
             check_name(name, &key, "plan")?;
+            if name.eq_ignore_ascii_case("none") {
+                return bad(
+                    &key,
+                    "no plan may be named none: `PLAN account NONE` cancels an account's plan",
+                );
+            }
             config.plans.insert(name.clone(), Arc::new(plan(v, &key)?));
         }
     }

@@ -191,9 +191,9 @@ fn a_plan_change_ends_only_the_plans_own_credits() {
         &far,
     ];
     assert_eq!(int(&mut c, &g), 300);
-    assert_eq!(int(&mut c, &["SUBSCRIBE", "a", "starter"]), 500);
+    assert_eq!(int(&mut c, &["PLAN", "a", "starter"]), 500);
     // The upgrade expires starter's 200, not the 300 GRANT made.
-    assert_eq!(int(&mut c, &["SUBSCRIBE", "a", "pro"]), 800);
+    assert_eq!(int(&mut c, &["PLAN", "a", "pro"]), 800);
     assert_eq!(balance(&mut c, "a"), [800, 0, 0, 200, 1000]);
 }
 
@@ -202,9 +202,9 @@ fn resubscribing_in_the_same_cycle_grants_nothing_again() {
     let (data, config) = setup("");
     let mut srv = start(&data, &config, &[]);
     let mut c = srv.client();
-    assert_eq!(int(&mut c, &["SUBSCRIBE", "a", "pro"]), 500);
-    assert_eq!(cmd(&mut c, &["UNSUBSCRIBE", "a"]), Ok(redis::Value::Okay));
-    assert_eq!(int(&mut c, &["SUBSCRIBE", "a", "pro"]), 500);
+    assert_eq!(int(&mut c, &["PLAN", "a", "pro"]), 500);
+    assert_eq!(cmd(&mut c, &["PLAN", "a", "NONE"]), Ok(redis::Value::Okay));
+    assert_eq!(int(&mut c, &["PLAN", "a", "pro"]), 500);
     assert_eq!(balance(&mut c, "a"), [500, 0, 0, 0, 500]);
     // Back on the plan: seats work again, and so does a restart.
     assert_eq!(int(&mut c, &["SEATS", "a", "2"]), 1000);
@@ -259,4 +259,42 @@ fn the_test_clock_never_goes_back_after_a_restart_from_a_snapshot() {
     let mut c = srv.client();
     assert!(int(&mut c, &["CLOCK", "GET"]) >= later);
     assert_eq!(balance(&mut c, "a")[4], 10);
+}
+
+#[test]
+fn plan_is_subscribe_and_plan_none_is_unsubscribe_under_names_no_client_treats_as_pubsub() {
+    let (data, config) = setup("");
+    let srv = start(&data, &config, &[]);
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["PLAN", "a", "pro", "SEATS", "2"]), 1000);
+    assert_eq!(int(&mut c, &["plan", "b", "starter"]), 200);
+    // The old names are the same commands.
+    assert_eq!(int(&mut c, &["SUBSCRIBE", "a", "pro", "SEATS", "3"]), 1500);
+    assert_eq!(cmd(&mut c, &["PLAN", "a", "none"]), Ok(redis::Value::Okay));
+    assert_eq!(cmd(&mut c, &["UNSUBSCRIBE", "b"]), Ok(redis::Value::Okay));
+    let e = err(&mut c, &["PLAN", "a", "gold"]);
+    assert!(e.starts_with("NOTFOUND"), "{e}");
+    let e = err(&mut c, &["PLAN", "a"]);
+    assert!(e.starts_with("ERR wrong number of arguments"), "{e}");
+    // A plan may not be named none.
+    let bad = data.with_extension("none.toml");
+    std::fs::write(&bad, config_text("[plans.None]\ncredits_per_seat = 1")).unwrap();
+    let mut creditd = Command::new(env!("CARGO_BIN_EXE_creditd"));
+    creditd
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(data.with_extension("other"));
+    let (success, stderr) = run_to_exit(creditd, Duration::from_secs(20));
+    assert!(!success);
+    assert!(
+        stderr.contains("plans.None") && stderr.contains("PLAN account NONE"),
+        "{stderr}"
+    );
 }

@@ -144,6 +144,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("seats", 3, Admin, plans::seats, true),
     spec!("addon", 3, Admin, plans::addon, true),
     spec!("unsubscribe", 2, Admin, plans::unsubscribe, true),
+    spec!("plan", -3, Admin, plans::plan, true),
     spec!("ping", -1, Open, connection::ping, false),
     spec!("echo", 2, Session, connection::echo, false),
     spec!("auth", -2, Open, connection::auth, false),

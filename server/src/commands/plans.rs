@@ -1,9 +1,23 @@
-//! SUBSCRIBE, SEATS, ADDON, UNSUBSCRIBE: plans and their cycles.
+//! PLAN (and its old names SUBSCRIBE and UNSUBSCRIBE), SEATS, ADDON: plans
+//! and their cycles.
+//!
+//! `PLAN` is the name to use: stock clients treat a command named SUBSCRIBE
+//! or UNSUBSCRIBE as Redis Pub/Sub (redis-cli waits for messages; ioredis
+//! switches the connection to subscriber mode and fails on the reply).
 
 use super::{end, id, is, name, parse_u32, parse_u64, reply_outcome, Failure, Flow, Session};
 use crate::app::App;
 use crate::resp::encode;
 use creditd_engine::Mutation;
+
+/// `PLAN account plan [SEATS n] [ANCHOR at_ms]` or `PLAN account NONE`.
+pub fn plan(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
+    if a.len() == 3 && is(a[2], "NONE") {
+        unsubscribe(app, s, &a[..2], out)
+    } else {
+        subscribe(app, s, a, out)
+    }
+}
 
 /// `SUBSCRIBE account plan [SEATS n] [ANCHOR at_ms]`
 pub fn subscribe(
