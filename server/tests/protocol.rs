@@ -413,3 +413,90 @@ fn large_replies_flush_mid_batch_and_the_rest_still_runs() {
         .all(|r| r.matches("reserve").count() == 600));
     assert_eq!(replies[200], "+PONG");
 }
+
+/// Every number a command takes is read as Redis reads integers, without the
+/// sign the contract forbids: no leading zeros, nothing above i64::MAX (which
+/// used to come back negative), and the error names the argument.
+#[test]
+fn integers_are_strict_everywhere() {
+    let srv = Creditd::start(&["--test-clock"]);
+    let mut c = srv.client();
+    assert_eq!(
+        int(&mut c, &["GRANT", "n", "g0", "0"]),
+        0,
+        "0 alone is fine"
+    );
+    assert_eq!(int(&mut c, &["GRANT", "n", "g1", "1000"]), 1000);
+    int(&mut c, &["RESERVE", "n", "h1", "10"]);
+    int(&mut c, &["SUBSCRIBE", "p", "pro"]);
+    // (command with X where the number goes, the name the error gives)
+    let cases: &[(&[&str], &str)] = &[
+        (&["GRANT", "n", "gx", "X"], "amount"),
+        (&["GRANT", "n", "gx", "1", "EXPIRES", "X"], "EXPIRES"),
+        (&["GRANT", "n", "gx", "1", "TTL", "X"], "TTL"),
+        (&["GRANT", "n", "gx", "1", "PRIORITY", "X"], "PRIORITY"),
+        (&["RESERVE", "n", "hx", "X"], "amount"),
+        (
+            &["RESERVE", "n", "hx", "SKU", "image/flux-2-pro", "QTY", "X"],
+            "QTY",
+        ),
+        (&["RESERVE", "n", "hx", "1", "TTL", "X"], "TTL"),
+        (&["CAPTURE", "n", "h1", "X"], "total"),
+        (&["CAPTURE", "n", "h1", "QTY", "X"], "QTY"),
+        (&["COMMIT", "n", "h1", "X"], "total"),
+        (&["EXTEND", "n", "h1", "X"], "ttl_ms"),
+        (&["DEBIT", "n", "dx", "X"], "amount"),
+        (&["QUOTE", "image/flux-2-pro", "X"], "qty"),
+        (&["HISTORY", "n", "COUNT", "X"], "COUNT"),
+        (&["SUBSCRIBE", "s", "pro", "SEATS", "X"], "SEATS"),
+        (&["SUBSCRIBE", "s", "pro", "ANCHOR", "X"], "ANCHOR"),
+        (&["SEATS", "p", "X"], "seats"),
+        (&["ADDON", "p", "X"], "units"),
+        (&["CLOCK", "SET", "X"], "at_ms"),
+        (&["CLOCK", "ADVANCE", "X"], "ms"),
+    ];
+    for (args, what) in cases {
+        for bad in [
+            "05",
+            "00",
+            "-5",
+            "+5",
+            "-0",
+            " 5",
+            "5.0",
+            "9223372036854775808",
+            "18446744073709551615",
+        ] {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| if *a == "X" { bad } else { a })
+                .collect();
+            assert_eq!(
+                err(&mut c, &args),
+                format!("ERR {what} is not an integer or out of range"),
+                "{args:?}"
+            );
+        }
+    }
+    assert_eq!(
+        err(&mut c, &["QUOTE", "image/flux-2-pro", "1000000000000001"]),
+        "ERR qty out of range (0 to 10^15)"
+    );
+    // The top of the range is accepted and comes back as it went in.
+    let max = "9223372036854775807";
+    int(&mut c, &["GRANT", "n", "gmax", "1", "EXPIRES", max]);
+    let account = format!("{:?}", cmd(&mut c, &["ACCOUNT", "n"]));
+    assert!(
+        account.contains(&format!("int({max})")),
+        "ACCOUNT shows EXPIRES {max}: {account}"
+    );
+    assert_eq!(
+        cmd(&mut c, &["HISTORY", "n", "COUNT", "0"]),
+        Ok(redis::Value::Array(vec![]))
+    );
+    // No refused command was applied.
+    assert_eq!(balance(&mut c, "n"), [991, 10, 0, 0, 1001]);
+    assert_eq!(int(&mut c, &["CLOCK", "SET", max]), i64::MAX);
+    assert!(err(&mut c, &["CLOCK", "ADVANCE", "1"]).starts_with("ERR CLOCK ADVANCE"));
+    assert_eq!(int(&mut c, &["CLOCK", "ADVANCE", "0"]), i64::MAX);
+}
