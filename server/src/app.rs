@@ -1,11 +1,12 @@
 //! The state every connection shares: the engine, the journal, auth, stats,
 //! metrics and health.
 
+use crate::auth::Tokens;
 use crate::cli::Options;
 use crate::commands::Failure;
 use crate::metrics::Metrics;
 use creditd_engine::clock::TestClock;
-use creditd_engine::config::{Config, Role, Token};
+use creditd_engine::config::{Config, Role};
 use creditd_engine::journal::Journal;
 use creditd_engine::{Engine, EngineError, Mutation, Outcome};
 use parking_lot::{Mutex, RwLock};
@@ -13,7 +14,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 /// Server-wide counters for INFO.
@@ -52,7 +52,7 @@ pub struct App {
     /// The highest journal seq known durable (replies wait on it).
     pub durable: watch::Sender<u64>,
     pub test_clock: Option<Arc<TestClock>>,
-    pub tokens: RwLock<Vec<Token>>,
+    pub tokens: RwLock<Tokens>,
     pub max_clients: AtomicU64,
     pub stats: ServerStats,
     pub metrics: Metrics,
@@ -79,22 +79,9 @@ impl App {
         !self.tokens.read().is_empty()
     }
 
-    /// Finds the role of a token, comparing every token in constant time.
+    /// Finds the role of a token (see [`Tokens::authenticate`] for the timing).
     pub fn authenticate(&self, user: Option<&[u8]>, token: &[u8]) -> Result<Role, Failure> {
-        let tokens = self.tokens.read();
-        let mut found = None;
-        for t in tokens.iter() {
-            let token_ok: bool = t.token.as_bytes().ct_eq(token).into();
-            let user_ok = match (&t.user, user) {
-                (Some(expected), Some(given)) => expected.as_bytes() == given,
-                (Some(_), None) => false,
-                (None, _) => true,
-            };
-            if token_ok && user_ok && found.is_none() {
-                found = Some(t.role);
-            }
-        }
-        found.ok_or_else(|| {
+        self.tokens.read().authenticate(user, token).ok_or_else(|| {
             Failure("WRONGPASS invalid username-password pair or user is disabled.".into())
         })
     }
@@ -113,7 +100,7 @@ impl App {
         let config = load_config(&self.opts)?;
         self.max_clients
             .store(config.settings.max_clients as u64, Ordering::Relaxed);
-        *self.tokens.write() = config.tokens.clone();
+        *self.tokens.write() = Tokens::new(&config.tokens);
         self.engine.set_config(config);
         tracing::info!("config reloaded");
         Ok(())

@@ -5,6 +5,7 @@
 //! the journal and snapshots, and the Redis write-behind.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod conn;

@@ -7,6 +7,7 @@
 //! thread compacts the journal. No lock is ever held across I/O.
 
 use crate::app::{load_config, App, Health, ServerStats};
+use crate::auth::Tokens;
 use crate::cli::{Fsync, Options};
 use crate::http::{self, ProbeState};
 use crate::metrics::Metrics;
@@ -64,7 +65,7 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         None => Arc::new(SystemClock),
     };
     let max_clients = config.settings.max_clients as u64;
-    let tokens = config.tokens.clone();
+    let tokens = Tokens::new(&config.tokens);
     let snapshot_every = config.settings.snapshot_every_records;
     let slot = Arc::new(JournalSlot::default());
     let engine =
