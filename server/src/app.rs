@@ -95,14 +95,38 @@ impl App {
         }
     }
 
-    /// CONFIG RELOAD: rereads the config file (or the built-in one).
-    pub fn reload_config(&self) -> Result<(), String> {
-        let config = load_config(&self.opts)?;
+    /// Rereads the config file (or the built-in one) and puts it in force, with
+    /// the checks made at start-up; on any error the old config stays. CONFIG
+    /// RELOAD and SIGHUP both come here; `trigger` names which one in the log.
+    pub fn reload_config(&self, trigger: &str) -> Result<(), String> {
+        let checked = load_config(&self.opts).and_then(|config| {
+            if open_to_anyone(&self.opts, &config) {
+                return Err(format!(
+                    "refusing to reload: the new config has no tokens and creditd listens on {}, beyond loopback, where anyone who can reach it could grant and spend credits. Add [[tokens]] or start with --insecure; the old config stays",
+                    self.opts.listen
+                ));
+            }
+            Ok(config)
+        });
+        let config = match checked {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(trigger, "config not reloaded, the old config stays: {e}");
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            trigger,
+            skus = config.skus.len(),
+            plans = config.plans.len(),
+            tokens = config.tokens.len(),
+            max_clients = config.settings.max_clients,
+            "config reloaded"
+        );
         self.max_clients
             .store(config.settings.max_clients as u64, Ordering::Relaxed);
         *self.tokens.write() = Tokens::new(&config.tokens);
         self.engine.set_config(config);
-        tracing::info!("config reloaded");
         Ok(())
     }
 
@@ -210,6 +234,13 @@ impl App {
         }
         s
     }
+}
+
+/// True when `config` would leave the RESP listener open to anyone: no tokens
+/// (every connection is admin) on an address beyond loopback, without
+/// `--insecure`. Start-up and every reload refuse such a config.
+pub fn open_to_anyone(opts: &Options, config: &Config) -> bool {
+    config.tokens.is_empty() && !opts.listen.ip().is_loopback() && !opts.insecure
 }
 
 /// Reads and validates the config named by the options (or the built-in one).

@@ -6,7 +6,7 @@
 //! thread applies due expiries and renewals to idle accounts; a snapshot
 //! thread compacts the journal. No lock is ever held across I/O.
 
-use crate::app::{load_config, App, Health, ServerStats};
+use crate::app::{load_config, open_to_anyone, App, Health, ServerStats};
 use crate::auth::Tokens;
 use crate::cli::{Fsync, Options};
 use crate::http::{self, ProbeState};
@@ -34,7 +34,7 @@ const SNAPSHOT_CHECK_MS: u64 = 1000;
 /// failed start (bad config, refused address, corrupt journal).
 pub fn run(opts: Options) -> Result<(), String> {
     let config = load_config(&opts)?;
-    if config.tokens.is_empty() && !opts.listen.ip().is_loopback() && !opts.insecure {
+    if open_to_anyone(&opts, &config) {
         return Err(format!(
             "refusing to listen on {} without tokens: anyone who can reach it could grant and spend credits. Add [[tokens]] to the config, listen on loopback, or pass --insecure",
             opts.listen
@@ -56,6 +56,8 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         .await
         .map_err(|e| format!("cannot listen on {} (http): {e}", opts.http))?;
     tokio::spawn(http::serve(http_listener, probes.clone()));
+    // Taken over from the default action (exit) now, acted on once serving.
+    let hangups = hangup_signals()?;
 
     let test_clock = opts
         .test_clock
@@ -174,6 +176,7 @@ async fn serve(opts: Options, config: creditd_engine::config::Config) -> Result<
         crate::writebehind::start(app.clone(), loaded)?;
     }
 
+    reload_on_hangup(app.clone(), hangups);
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = spawn_sweeper(engine.clone(), stop.clone());
     let snapshotter = spawn_snapshotter(app.clone(), snapshot_every, stop.clone());
@@ -275,6 +278,40 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// SIGHUP's default action ends the process; from here on it is queued for
+/// [`reload_on_hangup`] instead, even while recovery still runs.
+fn hangup_signals() -> Result<Hangups, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))
+    }
+    #[cfg(not(unix))]
+    Ok(())
+}
+
+/// SIGHUP rereads the config exactly as CONFIG RELOAD does (same checks;
+/// `App::reload_config` logs what was loaded, or why not and that the old
+/// config stays). It never stops the server.
+fn reload_on_hangup(app: Arc<App>, hangups: Hangups) {
+    #[cfg(unix)]
+    {
+        let mut hangups = hangups;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let _ = app.reload_config("SIGHUP");
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (app, hangups);
 }
 
 fn spawn_sweeper(engine: Arc<Engine>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {

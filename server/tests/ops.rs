@@ -225,3 +225,184 @@ fn sigterm_drains_flushes_and_exits_zero() {
     assert_eq!(balance(&mut c, "t"), [70, 30, 0, 0, 100]);
     assert_eq!(int(&mut c, &["COMMIT", "t", "h", "10"]), 10);
 }
+
+const BUILTIN: &str = include_str!("../../docs/examples/creditd.toml");
+
+/// A creditd listening on the wildcard address, as one reachable from other
+/// machines does; the test reaches it over loopback. Killed on drop.
+struct WildcardServer {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl WildcardServer {
+    /// Starts on `0.0.0.0:<free port>` (another port if a parallel test took it).
+    fn start(dir: &std::path::Path, config: &std::path::Path, extra: &[&str]) -> WildcardServer {
+        let log = dir.join("creditd.log");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
+                .args(["--listen", &format!("0.0.0.0:{port}")])
+                .args(["--http", &format!("127.0.0.1:{}", free_port())])
+                .arg("--config")
+                .arg(config)
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .args(extra)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                if let Some(status) = child.try_wait().unwrap() {
+                    eprintln!("creditd on port {port} exited ({status}); trying another port");
+                    break;
+                }
+                if is_creditd(port) {
+                    return WildcardServer { child, port, log };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "creditd did not start on a wildcard address; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WildcardServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Polls `check` every 20 ms until it holds or 10 s pass.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A reload that would drop the tokens of a listener beyond loopback is
+/// refused, by CONFIG RELOAD and by SIGHUP alike, and the old tokens stay in
+/// force; `--insecure` waives the rule, as it does at start-up.
+#[test]
+fn reload_never_leaves_a_wildcard_listener_without_tokens() {
+    let dir = temp_dir("wildcard");
+    let config = dir.join("creditd.toml");
+    std::fs::write(&config, format!("{BUILTIN}\n{TOKENS}")).unwrap();
+    let srv = WildcardServer::start(&dir, &config, &[]);
+    let mut admin = srv.client();
+    assert_eq!(code(cmd(&mut admin, &["AUTH", "admin-secret"])), "ok");
+    std::fs::write(&config, BUILTIN).unwrap();
+    let refused = err(&mut admin, &["CONFIG", "RELOAD"]);
+    assert!(
+        refused.starts_with("ERR ")
+            && refused.contains("no tokens")
+            && refused.contains(&format!("0.0.0.0:{}", srv.port))
+            && refused.contains("the old config stays"),
+        "{refused}"
+    );
+    let mut anon = srv.client();
+    assert_eq!(code(cmd(&mut anon, &["BALANCE", "a"])), "NOAUTH");
+    // SIGHUP runs the same checks: refused, logged, the process keeps serving.
+    send_signal(srv.child.id(), "HUP");
+    eventually("the SIGHUP refusal is logged", || {
+        srv.log_text()
+            .lines()
+            .any(|l| l.contains("SIGHUP") && l.contains("no tokens"))
+    });
+    let mut anon = srv.client();
+    assert_eq!(code(cmd(&mut anon, &["BALANCE", "a"])), "NOAUTH");
+    assert_eq!(code(cmd(&mut anon, &["AUTH", "probe-secret"])), "ok");
+    // A reload that keeps tokens goes through.
+    std::fs::write(
+        &config,
+        format!("{BUILTIN}\n[[tokens]]\ntoken = \"new-secret\"\nrole = \"admin\"\n"),
+    )
+    .unwrap();
+    assert_eq!(code(cmd(&mut admin, &["CONFIG", "RELOAD"])), "ok");
+    let mut c = srv.client();
+    assert_eq!(code(cmd(&mut c, &["AUTH", "admin-secret"])), "WRONGPASS");
+    assert_eq!(code(cmd(&mut c, &["AUTH", "new-secret"])), "ok");
+
+    // Started with --insecure, dropping the tokens is allowed.
+    let dir = temp_dir("wildcard-insecure");
+    let config = dir.join("creditd.toml");
+    std::fs::write(&config, format!("{BUILTIN}\n{TOKENS}")).unwrap();
+    let srv = WildcardServer::start(&dir, &config, &["--insecure"]);
+    let mut admin = srv.client();
+    assert_eq!(code(cmd(&mut admin, &["AUTH", "admin-secret"])), "ok");
+    std::fs::write(&config, BUILTIN).unwrap();
+    assert_eq!(code(cmd(&mut admin, &["CONFIG", "RELOAD"])), "ok");
+    let mut anon = srv.client();
+    assert_eq!(code(cmd(&mut anon, &["BALANCE", "a"])), "ok");
+}
+
+/// SIGHUP rereads the config like CONFIG RELOAD and never ends the process; a
+/// broken file is logged and the old config keeps serving.
+#[test]
+fn sighup_reloads_the_config_and_keeps_running() {
+    let dir = temp_dir("sighup");
+    let config = dir.join("creditd.toml");
+    let with_sku = |credits: u32| {
+        format!("{BUILTIN}\n[skus.\"test/hup\"]\nunit = \"use\"\ncredits = {credits}\n")
+    };
+    std::fs::write(&config, with_sku(7)).unwrap();
+    let mut srv = Creditd::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["QUOTE", "test/hup", "2"]), 14);
+    std::fs::write(&config, with_sku(9)).unwrap();
+    send_signal(srv.pid(), "HUP");
+    eventually("QUOTE uses the reloaded price", || {
+        matches!(
+            cmd(&mut c, &["QUOTE", "test/hup", "2"]),
+            Ok(redis::Value::Int(18))
+        )
+    });
+    assert!(srv.is_running(), "log:\n{}", srv.log_text());
+    assert!(srv.log_text().contains("config reloaded"));
+    // A broken file: logged, the old config stays.
+    std::fs::write(&config, "[skus.\"test/hup\"]\nunit = \"minute\"\n").unwrap();
+    send_signal(srv.pid(), "HUP");
+    eventually("the refused reload is logged", || {
+        srv.log_text()
+            .lines()
+            .any(|l| l.contains("SIGHUP") && l.contains("minute") && l.contains("old config stays"))
+    });
+    assert!(srv.is_running());
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["QUOTE", "test/hup", "2"]), 18);
+    // SIGTERM still drains and exits 0.
+    let status = srv.terminate();
+    assert!(status.success(), "{status}");
+}

@@ -19,7 +19,7 @@ pub fn info(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resul
 pub fn config(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     let sub = a[1];
     if is(sub, "RELOAD") && a.len() == 2 {
-        app.reload_config().map_err(Failure::err)?;
+        app.reload_config("CONFIG RELOAD").map_err(Failure::err)?;
         encode::simple(out, "OK");
     } else if is(sub, "GET") && a.len() >= 3 {
         // creditd has no Redis-style runtime parameters; an empty reply keeps
