@@ -11,6 +11,7 @@ pub mod commands;
 pub mod conn;
 pub mod http;
 pub mod metrics;
+pub mod multi;
 pub mod persist;
 pub mod resp;
 pub mod server;

@@ -500,3 +500,184 @@ fn integers_are_strict_everywhere() {
     assert!(err(&mut c, &["CLOCK", "ADVANCE", "1"]).starts_with("ERR CLOCK ADVANCE"));
     assert_eq!(int(&mut c, &["CLOCK", "ADVANCE", "0"]), i64::MAX);
 }
+
+/// A bulk-string request of `args`, as clients send it.
+fn request(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// One MULTI can neither queue more than 16 MiB nor more than 10,000
+/// commands: past either the transaction fails as on any queueing error (EXEC
+/// answers EXECABORT) and nothing more is kept; the server stays small and
+/// serves everyone.
+#[test]
+fn multi_queue_is_bounded_in_bytes_and_commands() {
+    let srv = Creditd::start(&[]);
+    let pid = srv.pid();
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "mq", "g", "100"]);
+    let rss_before = rss_kb(pid);
+    // 200 commands of 1 MiB each: 200 MiB if kept.
+    let mut s = srv.raw();
+    s.write_all(b"MULTI\r\n").unwrap();
+    let big = vec![b'x'; 1024 * 1024];
+    let one = request(&[b"ECHO", &big]);
+    for _ in 0..200 {
+        s.write_all(&one).unwrap();
+    }
+    s.write_all(b"PING\r\n").unwrap();
+    // Once PING's QUEUED is back, every ECHO was handled.
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let replies: Vec<String> = (0..202).map(|_| read_one(&mut reader)).collect();
+    let rss_queued = rss_kb(pid);
+    assert_eq!(replies[0], "+OK");
+    let refused: Vec<_> = replies.iter().filter(|r| r.starts_with('-')).collect();
+    assert_eq!(
+        refused,
+        ["-ERR too many bytes in MULTI (limit 16 MiB); EXEC will discard the transaction"]
+    );
+    assert!(replies[1..16].iter().all(|r| r == "+QUEUED"), "{replies:?}");
+    s.write_all(b"EXEC\r\nBALANCE mq\r\n").unwrap();
+    assert!(read_one(&mut reader).starts_with("-EXECABORT"));
+    assert_eq!(
+        read_one(&mut reader),
+        "[available,:100,held,:0,spent,:0,expired,:0,granted,:100]"
+    );
+    assert!(
+        rss_queued < rss_before + 100 * 1024,
+        "rss grew from {rss_before} kB to {rss_queued} kB"
+    );
+    // The count bound: 10,001 small commands.
+    let mut batch = b"MULTI\r\n".to_vec();
+    for i in 0..10_001 {
+        batch.extend_from_slice(format!("RESERVE mq h{i} 1\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"EXEC\r\n");
+    s.write_all(&batch).unwrap();
+    let replies: Vec<String> = (0..10_003).map(|_| read_one(&mut reader)).collect();
+    assert!(replies[1..10_001].iter().all(|r| r == "+QUEUED"));
+    assert_eq!(
+        replies[10_001],
+        "-ERR too many commands in MULTI (limit 10000); EXEC will discard the transaction"
+    );
+    assert!(
+        replies[10_002].starts_with("-EXECABORT"),
+        "{}",
+        replies[10_002]
+    );
+    // Nothing ran; others are served.
+    assert_eq!(balance(&mut c, "mq"), [100, 0, 0, 0, 100]);
+    assert_eq!(int(&mut c, &["RESERVE", "mq", "after", "1"]), 1);
+}
+
+/// EXEC's replies go out as they are produced, flushed at the same bound as
+/// pipelined replies: a transaction of 2,000 large reads sent by a client that
+/// does not read does not make the server build hundreds of MiB of replies.
+#[test]
+fn exec_replies_are_flushed_not_built_whole() {
+    let srv = Creditd::start(&[]);
+    let pid = srv.pid();
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "ex", "g", "1000000"]);
+    let mut s = srv.raw();
+    let setup: String = (0..999).map(|i| format!("RESERVE ex h{i} 1\r\n")).collect();
+    s.write_all(setup.as_bytes()).unwrap();
+    read_replies(&mut s, 999);
+    // One HISTORY reply (1,000 entries, about 100 kB), as bytes: all that
+    // comes before the PONG sent after it.
+    let mut probe = srv.raw();
+    probe
+        .write_all(b"HISTORY ex COUNT 1000\r\nPING\r\n")
+        .unwrap();
+    let mut one = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !one.ends_with(b"+PONG\r\n") {
+        let n = probe.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed");
+        one.extend_from_slice(&chunk[..n]);
+    }
+    one.truncate(one.len() - b"+PONG\r\n".len());
+    assert!(one.len() > 50_000, "{}", one.len());
+    let n = 2_000;
+    // How long the server takes to produce these replies when they are read:
+    // the time it gets below before its memory is looked at.
+    let started = Instant::now();
+    let mut reference = srv.raw();
+    let mut pipeline = b"HISTORY ex COUNT 1000\r\n".repeat(n);
+    pipeline.extend_from_slice(b"PING\r\n");
+    reference.write_all(&pipeline).unwrap();
+    let mut left = n * one.len() + b"+PONG\r\n".len();
+    while left > 0 {
+        let got = reference.read(&mut chunk).unwrap();
+        assert!(got > 0, "connection closed");
+        left -= got;
+    }
+    let window = (started.elapsed() * 2).max(Duration::from_secs(3));
+    let rss_before = rss_kb(pid);
+    let mut batch = b"MULTI\r\n".to_vec();
+    batch.extend_from_slice(&b"HISTORY ex COUNT 1000\r\n".repeat(n));
+    batch.extend_from_slice(b"EXEC\r\nPING\r\n");
+    s.write_all(&batch).unwrap();
+    // Do not read for a while: the server must stall, not buffer.
+    let mut rss_max = 0;
+    let started = Instant::now();
+    while started.elapsed() < window {
+        rss_max = rss_max.max(rss_kb(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        rss_max < rss_before + 100 * 1024,
+        "rss grew from {rss_before} kB to {rss_max} kB"
+    );
+    // Then every reply arrives whole and in order.
+    let mut expected = b"+OK\r\n".to_vec();
+    expected.extend_from_slice(&b"+QUEUED\r\n".repeat(n));
+    expected.extend_from_slice(format!("*{n}\r\n").as_bytes());
+    let mut got = vec![0u8; expected.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, expected);
+    for _ in 0..n {
+        got.resize(one.len(), 0);
+        s.read_exact(&mut got).unwrap();
+        assert!(got == one, "each HISTORY reply whole");
+    }
+    let mut reader = std::io::BufReader::new(s);
+    assert_eq!(read_one(&mut reader), "+PONG");
+    assert_eq!(int(&mut c, &["RESERVE", "ex", "after", "1"]), 1);
+}
+
+/// What a connection keeps about its client (name, library) is bounded: it
+/// lives as long as the connection.
+#[test]
+fn client_names_are_bounded() {
+    let srv = Creditd::start(&[]);
+    let mut c = srv.client();
+    let at_limit = "n".repeat(1024);
+    let over = "n".repeat(1025);
+    assert_eq!(
+        cmd(&mut c, &["CLIENT", "SETNAME", &at_limit]),
+        Ok(redis::Value::Okay)
+    );
+    assert_eq!(
+        err(&mut c, &["CLIENT", "SETNAME", &over]),
+        "ERR client name too long (limit 1024 bytes)"
+    );
+    assert_eq!(
+        err(&mut c, &["CLIENT", "SETINFO", "LIB-NAME", &over]),
+        "ERR LIB-NAME too long (limit 1024 bytes)"
+    );
+    assert_eq!(
+        err(&mut c, &["HELLO", "2", "SETNAME", &over]),
+        "ERR client name too long (limit 1024 bytes)"
+    );
+    assert_eq!(
+        cmd(&mut c, &["CLIENT", "GETNAME"]),
+        Ok(redis::Value::BulkString(at_limit.into_bytes()))
+    );
+}

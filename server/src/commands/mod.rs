@@ -10,6 +10,7 @@ mod plans;
 mod reads;
 
 use crate::app::App;
+use crate::multi::{Exec, Multi};
 use crate::resp::encode::{self, Proto};
 use creditd_engine::config::Role;
 use creditd_engine::{EngineError, Outcome};
@@ -27,18 +28,9 @@ pub struct Session {
     pub closing: bool,
     /// Commands queued after MULTI (None: not in a transaction).
     pub multi: Option<Multi>,
+    /// The commands of an EXEC not yet run (None: no EXEC running).
+    pub exec: Option<Exec>,
 }
-
-/// A MULTI block being queued.
-#[derive(Debug, Default)]
-pub struct Multi {
-    pub queued: Vec<Vec<Vec<u8>>>,
-    /// A command was refused while queueing: EXEC answers EXECABORT.
-    pub failed: bool,
-}
-
-/// Most commands one MULTI may queue.
-pub const MULTI_MAX_COMMANDS: usize = 10_000;
 
 /// Who may run a command (contract §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
