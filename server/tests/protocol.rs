@@ -681,3 +681,68 @@ fn client_names_are_bounded() {
         Ok(redis::Value::BulkString(at_limit.into_bytes()))
     );
 }
+
+/// The per-account bounds of the config hold over TCP: past them a command
+/// answers `-ERR` and applies nothing, and history keeps its newest entries.
+#[test]
+fn per_account_bounds_answer_err() {
+    let dir = temp_dir("account-bounds");
+    let config = dir.join("creditd.toml");
+    std::fs::write(
+        &config,
+        "max_holds_per_account = 3\nmax_buckets_per_account = 2\nhistory_per_account = 100\n",
+    )
+    .unwrap();
+    let srv = Creditd::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "b", "g1", "100"]);
+    int(&mut c, &["GRANT", "b", "g2", "100"]);
+    assert_eq!(
+        err(&mut c, &["GRANT", "b", "g3", "100"]),
+        "ERR too many buckets on this account (limit 2)"
+    );
+    for h in ["h1", "h2", "h3"] {
+        int(&mut c, &["RESERVE", "b", h, "1"]);
+    }
+    assert_eq!(
+        err(&mut c, &["RESERVE", "b", "h4", "1"]),
+        "ERR too many open holds on this account (limit 3)"
+    );
+    assert_eq!(balance(&mut c, "b"), [197, 3, 0, 0, 200]);
+    for i in 0..150 {
+        int(&mut c, &["DEBIT", "b", &format!("d{i}"), "0"]);
+    }
+    match cmd(&mut c, &["HISTORY", "b", "COUNT", "1000"]) {
+        Ok(redis::Value::Array(entries)) => assert_eq!(entries.len(), 100),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(int(&mut c, &["RESERVE", "other", "h1", "0"]), 0);
+}
+
+/// A frame that is valid piece by piece but larger than the query buffer (4 MiB)
+/// is refused when the buffer passes its bound, not buffered whole.
+#[test]
+fn query_buffer_is_bounded() {
+    let srv = Creditd::start(&[]);
+    let mut s = srv.raw();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let arg = vec![b'q'; 1024 * 1024];
+    let frame = request(&[b"ECHO", &arg, &arg, &arg, &arg, &arg]);
+    let _ = s.write_all(&frame); // the server may close before taking it all
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "-ERR Protocol error: query buffer limit exceeded\r\n"
+    );
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["RESERVE", "q", "h", "0"]), 0);
+}
