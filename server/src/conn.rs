@@ -319,7 +319,9 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
                 return;
             }
             out.clear();
-            if out.capacity() > OUT_FLUSH_BYTES * 2 {
+            // Large replies are gone: give their room back before waiting for
+            // the client (not between flushes of one long batch).
+            if !more_buffered && out.capacity() > READ_CHUNK_BYTES * 4 {
                 out.shrink_to(READ_CHUNK_BYTES);
             }
         }

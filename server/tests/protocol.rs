@@ -746,3 +746,32 @@ fn query_buffer_is_bounded() {
     let mut c = srv.client();
     assert_eq!(int(&mut c, &["RESERVE", "q", "h", "0"]), 0);
 }
+
+/// A connection that once sent and received a large frame does not keep that
+/// room while it idles: 100 such connections stay small.
+#[test]
+fn idle_connections_give_back_large_buffers() {
+    let srv = Creditd::start(&[]);
+    let pid = srv.pid();
+    let rss_before = rss_kb(pid);
+    let arg = vec![b'i'; 1024 * 1024];
+    let echo = request(&[b"ECHO", &arg]);
+    let idle: Vec<_> = (0..100)
+        .map(|_| {
+            let mut s = srv.raw();
+            s.write_all(&echo).unwrap();
+            let mut reply = vec![0u8; arg.len() + b"$1048576\r\n\r\n".len()];
+            s.read_exact(&mut reply).unwrap();
+            assert!(reply.starts_with(b"$1048576\r\n"));
+            s
+        })
+        .collect();
+    let rss_idle = rss_kb(pid);
+    assert!(
+        rss_idle < rss_before + 50 * 1024,
+        "rss grew from {rss_before} kB to {rss_idle} kB"
+    );
+    drop(idle);
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["RESERVE", "i", "h", "0"]), 0);
+}
