@@ -131,8 +131,11 @@ pub async fn serve(listener: TcpListener, state: Arc<ProbeState>) {
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // A fresh socket's send buffer is empty: this never waits.
-            let _ = stream.try_write(TOO_MANY);
+            // A fresh socket's send buffer is empty, so this one non-blocking
+            // write takes the whole answer without waiting.
+            if let Ok(mut stream) = stream.into_std() {
+                let _ = std::io::Write::write(&mut stream, TOO_MANY);
+            }
             continue;
         };
         let state = state.clone();
