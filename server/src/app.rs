@@ -1,11 +1,12 @@
 //! The state every connection shares: the engine, the journal, auth, stats,
 //! metrics and health.
 
+use crate::auth::Tokens;
 use crate::cli::Options;
 use crate::commands::Failure;
 use crate::metrics::Metrics;
 use creditd_engine::clock::TestClock;
-use creditd_engine::config::{Config, Role, Token};
+use creditd_engine::config::{Config, Role};
 use creditd_engine::journal::Journal;
 use creditd_engine::{Engine, EngineError, Mutation, Outcome};
 use parking_lot::{Mutex, RwLock};
@@ -13,7 +14,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 /// Server-wide counters for INFO.
@@ -52,7 +52,7 @@ pub struct App {
     /// The highest journal seq known durable (replies wait on it).
     pub durable: watch::Sender<u64>,
     pub test_clock: Option<Arc<TestClock>>,
-    pub tokens: RwLock<Vec<Token>>,
+    pub tokens: RwLock<Tokens>,
     pub max_clients: AtomicU64,
     pub stats: ServerStats,
     pub metrics: Metrics,
@@ -82,22 +82,9 @@ impl App {
         !self.tokens.read().is_empty()
     }
 
-    /// Finds the role of a token, comparing every token in constant time.
+    /// Finds the role of a token (see [`Tokens::authenticate`] for the timing).
     pub fn authenticate(&self, user: Option<&[u8]>, token: &[u8]) -> Result<Role, Failure> {
-        let tokens = self.tokens.read();
-        let mut found = None;
-        for t in tokens.iter() {
-            let token_ok: bool = t.token.as_bytes().ct_eq(token).into();
-            let user_ok = match (&t.user, user) {
-                (Some(expected), Some(given)) => expected.as_bytes() == given,
-                (Some(_), None) => false,
-                (None, _) => true,
-            };
-            if token_ok && user_ok && found.is_none() {
-                found = Some(t.role);
-            }
-        }
-        found.ok_or_else(|| {
+        self.tokens.read().authenticate(user, token).ok_or_else(|| {
             Failure("WRONGPASS invalid username-password pair or user is disabled.".into())
         })
     }
@@ -111,14 +98,38 @@ impl App {
         }
     }
 
-    /// CONFIG RELOAD: rereads the config file (or the built-in one).
-    pub fn reload_config(&self) -> Result<(), String> {
-        let config = load_config(&self.opts)?;
+    /// Rereads the config file (or the built-in one) and puts it in force, with
+    /// the checks made at start-up; on any error the old config stays. CONFIG
+    /// RELOAD and SIGHUP both come here; `trigger` names which one in the log.
+    pub fn reload_config(&self, trigger: &str) -> Result<(), String> {
+        let checked = load_config(&self.opts).and_then(|config| {
+            if open_to_anyone(&self.opts, &config) {
+                return Err(format!(
+                    "refusing to reload: the new config has no tokens and creditd listens on {}, beyond loopback, where anyone who can reach it could grant and spend credits. Add [[tokens]] or start with --insecure; the old config stays",
+                    self.opts.listen
+                ));
+            }
+            Ok(config)
+        });
+        let config = match checked {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(trigger, "config not reloaded, the old config stays: {e}");
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            trigger,
+            skus = config.skus.len(),
+            plans = config.plans.len(),
+            tokens = config.tokens.len(),
+            max_clients = config.settings.max_clients,
+            "config reloaded"
+        );
         self.max_clients
             .store(config.settings.max_clients as u64, Ordering::Relaxed);
-        *self.tokens.write() = config.tokens.clone();
+        *self.tokens.write() = Tokens::new(&config.tokens);
         self.engine.set_config(config);
-        tracing::info!("config reloaded");
         Ok(())
     }
 
@@ -226,6 +237,13 @@ impl App {
         }
         s
     }
+}
+
+/// True when `config` would leave the RESP listener open to anyone: no tokens
+/// (every connection is admin) on an address beyond loopback, without
+/// `--insecure`. Start-up and every reload refuse such a config.
+pub fn open_to_anyone(opts: &Options, config: &Config) -> bool {
+    config.tokens.is_empty() && !opts.listen.ip().is_loopback() && !opts.insecure
 }
 
 /// Reads and validates the config named by the options (or the built-in one).

@@ -5,9 +5,16 @@
 //! pipelining (a batch is everything the last read delivered), explicit
 //! limits on every buffer, and backpressure: replies are written before more
 //! is read, so a client that never reads its replies stalls only itself.
+//!
+//! Per-connection memory is bounded: the query buffer by
+//! [`MAX_QUERY_BUFFER_BYTES`] (one partial frame, as small as
+//! [`Limits::UNAUTHENTICATED`] allows before AUTH), pending replies by
+//! [`OUT_FLUSH_BYTES`] plus one reply (EXEC's replies too, one command at a
+//! time), a MULTI queue by [`crate::multi::MULTI_MAX_BYTES`].
 
 use crate::app::App;
-use crate::commands::{lookup, Access, Flow, Multi, Session, COMMANDS, MULTI_MAX_COMMANDS};
+use crate::commands::{lookup, Access, Flow, Session, COMMANDS};
+use crate::multi::Multi;
 use crate::resp::encode::{self, Proto};
 use crate::resp::parse::{parse, Frame, Limits, Parsed};
 use smallvec::SmallVec;
@@ -21,6 +28,7 @@ use tokio::sync::watch;
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Most unparsed bytes a connection may hold (one partial frame, at most).
+/// The buffer's allocation never passes this plus one read.
 pub const MAX_QUERY_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Replies are flushed once this much is pending, even mid-batch.
 pub const OUT_FLUSH_BYTES: usize = 1024 * 1024;
@@ -31,13 +39,16 @@ const NAME_ECHO_BYTES: usize = 64;
 /// instead of hanging: the client learns the outcome by retrying the same id.
 pub const DURABLE_WAIT_MAX_MS: u64 = 3_000;
 
-/// Frame limits (contract §2; issue: inline 64 KiB, 1,024 args, 1 MiB bulk).
-pub fn frame_limits() -> Limits {
-    Limits {
-        max_inline_len: 64 * 1024,
-        max_args: 1024,
-        max_bulk_len: 1024 * 1024,
+/// Makes room for `additional` more elements, doubling as `Vec` does but never
+/// past `ceiling` elements of capacity (unless `len + additional` alone is
+/// more), so that a bound on a buffer's contents also bounds its allocation.
+pub fn reserve_within<T>(v: &mut Vec<T>, additional: usize, ceiling: usize) {
+    let needed = v.len() + additional;
+    if needed <= v.capacity() {
+        return;
     }
+    let target = (v.capacity() * 2).clamp(needed, ceiling.max(needed));
+    v.reserve_exact(target - v.len());
 }
 
 fn printable(name: &[u8]) -> String {
@@ -85,20 +96,17 @@ pub fn execute_frame(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u
     }
     if is("EXEC") {
         let multi = s.multi.take().expect("in MULTI");
-        if multi.failed {
+        if multi.failed() {
             encode::error(
                 out,
                 "EXECABORT Transaction discarded because of previous errors.",
             );
             return 0;
         }
-        encode::array_header(out, multi.queued.len());
-        let mut wait = 0;
-        for queued in &multi.queued {
-            let a: SmallVec<[&[u8]; 16]> = queued.iter().map(|v| v.as_slice()).collect();
-            wait = wait.max(execute_command(app, s, &a, out));
-        }
-        return wait;
+        // The replies follow one command at a time: see `execute_exec_step`.
+        encode::array_header(out, multi.len());
+        s.exec = Some(multi.into_exec());
+        return 0;
     }
     // Queue: check what can be checked now (name, arity), as Redis does.
     let multi = s.multi.as_mut().expect("in MULTI");
@@ -116,16 +124,36 @@ pub fn execute_frame(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u
         }
     };
     if let Some(msg) = refusal {
-        multi.failed = true;
+        multi.fail();
         encode::error(out, &msg);
-    } else if multi.queued.len() >= MULTI_MAX_COMMANDS {
-        multi.failed = true;
-        encode::error(out, "ERR too many commands in MULTI (limit 10000)");
+    } else if let Err(msg) = multi.push(args) {
+        encode::error(out, msg);
     } else {
-        multi.queued.push(args.iter().map(|a| a.to_vec()).collect());
         encode::simple(out, "QUEUED");
     }
     0
+}
+
+/// Runs the next command of the connection's running EXEC, appending its
+/// reply; returns the journal seq it waits for, or None when no EXEC is
+/// running (any more). One command at a time, so that the connection can
+/// flush between them.
+pub fn execute_exec_step(app: &App, s: &mut Session, out: &mut Vec<u8>) -> Option<u64> {
+    let mut exec = s.exec.take()?;
+    let args = exec.next_command()?;
+    let seq = execute_command(app, s, &args, out);
+    drop(args);
+    s.exec = Some(exec);
+    Some(seq)
+}
+
+/// The client of a running EXEC is gone: its commands were accepted at EXEC,
+/// so they still run, as they would have, their replies discarded.
+fn finish_exec_unanswered(app: &App, s: &mut Session) {
+    let mut discarded = Vec::new();
+    while execute_exec_step(app, s, &mut discarded).is_some() {
+        discarded.clear();
+    }
 }
 
 /// Executes one command, appending its reply to `out`. Returns the journal
@@ -225,7 +253,6 @@ fn busy_where_not_durable(
 /// Serves one connection until it closes, errs, or the server shuts down.
 pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
-    let limits = frame_limits();
     let mut session = Session {
         id: app.next_client_id.fetch_add(1, Ordering::Relaxed) + 1,
         proto: Proto::Resp2,
@@ -235,6 +262,7 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
         lib_ver: None,
         closing: false,
         multi: None,
+        exec: None,
     };
     let mut durable = app.durable.subscribe();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
@@ -249,14 +277,33 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
         waiting.clear();
         let mut close = false;
         let mut commands = 0u64;
-        // Set when we stop early to flush: complete frames may remain buffered.
+        // Set when we stop early to flush: complete frames may remain
+        // buffered, or EXEC commands remain to run.
         let mut more_buffered = false;
         loop {
-            if out.len() >= OUT_FLUSH_BYTES || session.closing {
-                more_buffered = start < buf.len();
+            if out.len() >= OUT_FLUSH_BYTES {
+                more_buffered = start < buf.len() || session.exec.is_some();
                 break;
             }
-            match parse(&buf[start..], &limits, &mut frame) {
+            // A running EXEC goes first: its replies come before later frames'.
+            let reply_start = out.len();
+            if let Some(seq) = execute_exec_step(&app, &mut session, &mut out) {
+                if seq > 0 {
+                    // One element of EXEC's array: an error in its place is valid.
+                    waiting.push((reply_start, out.len(), seq));
+                }
+                wait_seq = wait_seq.max(seq);
+                continue;
+            }
+            if session.closing {
+                break;
+            }
+            let limits = if session.role.is_some() {
+                &Limits::AUTHENTICATED
+            } else {
+                &Limits::UNAUTHENTICATED
+            };
+            match parse(&buf[start..], limits, &mut frame) {
                 Ok(Parsed::Complete { consumed }) => {
                     let window = &buf[start..start + consumed];
                     let args: SmallVec<[&[u8]; 16]> = frame.iter(window).collect();
@@ -292,6 +339,10 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
             buf.drain(..start);
             start = 0;
         }
+        // A large frame is gone: give its room back rather than keep it idle.
+        if buf.len() <= READ_CHUNK_BYTES && buf.capacity() > READ_CHUNK_BYTES * 4 {
+            buf.shrink_to(READ_CHUNK_BYTES);
+        }
         if !close && buf.len() - start > MAX_QUERY_BUFFER_BYTES {
             app.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             encode::error(&mut out, "ERR Protocol error: query buffer limit exceeded");
@@ -316,14 +367,17 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
                     .record(waited.elapsed().as_secs_f64());
             }
             if stream.write_all(&out).await.is_err() {
+                finish_exec_unanswered(&app, &mut session);
                 return;
             }
             out.clear();
-            if out.capacity() > OUT_FLUSH_BYTES * 2 {
+            // Large replies are gone: give their room back before waiting for
+            // the client (not between flushes of one long batch).
+            if !more_buffered && out.capacity() > READ_CHUNK_BYTES * 4 {
                 out.shrink_to(READ_CHUNK_BYTES);
             }
         }
-        if close || session.closing {
+        if close || (session.closing && session.exec.is_none()) {
             let _ = stream.shutdown().await;
             return;
         }
@@ -334,7 +388,11 @@ pub async fn serve(app: Arc<App>, mut stream: TcpStream, mut shutdown: watch::Re
         if *shutdown.borrow() {
             return;
         }
-        buf.reserve(READ_CHUNK_BYTES);
+        reserve_within(
+            &mut buf,
+            READ_CHUNK_BYTES,
+            MAX_QUERY_BUFFER_BYTES + READ_CHUNK_BYTES,
+        );
         tokio::select! {
             read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => return,

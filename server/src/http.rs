@@ -1,5 +1,11 @@
 //! HTTP probes on `--http`, served with hyper: `/healthz` (alive),
 //! `/readyz` (recovered and keeping up), `/metrics` (Prometheus text).
+//!
+//! Probes are few and small, so the port is kept small too: at most
+//! [`MAX_CONNECTIONS`] at once (more are answered 503 and closed at once),
+//! request headers within [`HEADER_READ_TIMEOUT`] (idle keep-alive connections
+//! included) and [`MAX_HEADER_BYTES`]. Half-sent requests therefore cannot use
+//! up the process's file descriptors, which the RESP listener needs.
 
 use crate::app::App;
 use http_body_util::Full;
@@ -7,12 +13,25 @@ use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{counter, gauge};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Most probe connections open at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a request's headers may take to arrive, and an idle keep-alive
+/// connection may wait for the next request.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer per connection, which bounds a request's headers (hyper's minimum).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The answer to a connection over [`MAX_CONNECTIONS`], written without waiting.
+const TOO_MANY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// What the probes look at: the app once recovery has built it.
 #[derive(Default)]
@@ -109,9 +128,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves probes until the process ends.
 pub async fn serve(listener: TcpListener, state: Arc<ProbeState>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // A fresh socket's send buffer is empty, so this one non-blocking
+            // write takes the whole answer without waiting.
+            if let Ok(mut stream) = stream.into_std() {
+                let _ = std::io::Write::write(&mut stream, TOO_MANY);
+            }
             continue;
         };
         let state = state.clone();
@@ -119,8 +147,12 @@ pub async fn serve(listener: TcpListener, state: Arc<ProbeState>) {
             let service = service_fn(move |req| handle(req, state.clone()));
             let _ = http1::Builder::new()
                 .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }

@@ -5,12 +5,14 @@
 //! the journal and snapshots, and the Redis write-behind.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod conn;
 pub mod datadir;
 pub mod http;
 pub mod metrics;
+pub mod multi;
 pub mod persist;
 pub mod resp;
 pub mod server;

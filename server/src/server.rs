@@ -6,7 +6,8 @@
 //! thread applies due expiries and renewals to idle accounts; a snapshot
 //! thread compacts the journal. No lock is ever held across I/O.
 
-use crate::app::{load_config, App, Health, ServerStats};
+use crate::app::{load_config, open_to_anyone, App, Health, ServerStats};
+use crate::auth::Tokens;
 use crate::cli::{Fsync, Options};
 use crate::datadir::DataDirLock;
 use crate::http::{self, ProbeState};
@@ -35,7 +36,7 @@ const SNAPSHOT_CHECK_MS: u64 = 1000;
 pub fn run(opts: Options) -> Result<(), String> {
     let config = load_config(&opts)?;
     crate::app::log_loaded(&opts, &config, "config loaded");
-    if config.tokens.is_empty() && !opts.listen.ip().is_loopback() && !opts.insecure {
+    if open_to_anyone(&opts, &config) {
         return Err(format!(
             "refusing to listen on {} without tokens: anyone who can reach it could grant and spend credits. Add [[tokens]] to the config, listen on loopback, or pass --insecure",
             opts.listen
@@ -65,6 +66,8 @@ async fn serve(
     // With port 0 the kernel picks one: from here on, the address is the real one.
     opts.http = http_listener.local_addr().unwrap_or(opts.http);
     tokio::spawn(http::serve(http_listener, probes.clone()));
+    // Taken over from the default action (exit) now, acted on once serving.
+    let hangups = hangup_signals()?;
 
     let test_clock = opts
         .test_clock
@@ -74,7 +77,7 @@ async fn serve(
         None => Arc::new(SystemClock),
     };
     let max_clients = config.settings.max_clients as u64;
-    let tokens = config.tokens.clone();
+    let tokens = Tokens::new(&config.tokens);
     let snapshot_every = config.settings.snapshot_every_records;
     let slot = Arc::new(JournalSlot::default());
     let engine =
@@ -190,6 +193,7 @@ async fn serve(
         crate::writebehind::start(app.clone(), loaded)?;
     }
 
+    reload_on_hangup(app.clone(), hangups);
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = spawn_sweeper(engine.clone(), stop.clone());
     let snapshotter = spawn_snapshotter(app.clone(), snapshot_every, stop.clone());
@@ -289,6 +293,40 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// SIGHUP's default action ends the process; from here on it is queued for
+/// [`reload_on_hangup`] instead, even while recovery still runs.
+fn hangup_signals() -> Result<Hangups, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))
+    }
+    #[cfg(not(unix))]
+    Ok(())
+}
+
+/// SIGHUP rereads the config exactly as CONFIG RELOAD does (same checks;
+/// `App::reload_config` logs what was loaded, or why not and that the old
+/// config stays). It never stops the server.
+fn reload_on_hangup(app: Arc<App>, hangups: Hangups) {
+    #[cfg(unix)]
+    {
+        let mut hangups = hangups;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let _ = app.reload_config("SIGHUP");
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (app, hangups);
 }
 
 fn spawn_sweeper(engine: Arc<Engine>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {

@@ -413,3 +413,365 @@ fn large_replies_flush_mid_batch_and_the_rest_still_runs() {
         .all(|r| r.matches("reserve").count() == 600));
     assert_eq!(replies[200], "+PONG");
 }
+
+/// Every number a command takes is read as Redis reads integers, without the
+/// sign the contract forbids: no leading zeros, nothing above i64::MAX (which
+/// used to come back negative), and the error names the argument.
+#[test]
+fn integers_are_strict_everywhere() {
+    let srv = Creditd::start(&["--test-clock"]);
+    let mut c = srv.client();
+    assert_eq!(
+        int(&mut c, &["GRANT", "n", "g0", "0"]),
+        0,
+        "0 alone is fine"
+    );
+    assert_eq!(int(&mut c, &["GRANT", "n", "g1", "1000"]), 1000);
+    int(&mut c, &["RESERVE", "n", "h1", "10"]);
+    int(&mut c, &["SUBSCRIBE", "p", "pro"]);
+    // (command with X where the number goes, the name the error gives)
+    let cases: &[(&[&str], &str)] = &[
+        (&["GRANT", "n", "gx", "X"], "amount"),
+        (&["GRANT", "n", "gx", "1", "EXPIRES", "X"], "EXPIRES"),
+        (&["GRANT", "n", "gx", "1", "TTL", "X"], "TTL"),
+        (&["GRANT", "n", "gx", "1", "PRIORITY", "X"], "PRIORITY"),
+        (&["RESERVE", "n", "hx", "X"], "amount"),
+        (
+            &["RESERVE", "n", "hx", "SKU", "image/flux-2-pro", "QTY", "X"],
+            "QTY",
+        ),
+        (&["RESERVE", "n", "hx", "1", "TTL", "X"], "TTL"),
+        (&["CAPTURE", "n", "h1", "X"], "total"),
+        (&["CAPTURE", "n", "h1", "QTY", "X"], "QTY"),
+        (&["COMMIT", "n", "h1", "X"], "total"),
+        (&["EXTEND", "n", "h1", "X"], "ttl_ms"),
+        (&["DEBIT", "n", "dx", "X"], "amount"),
+        (&["QUOTE", "image/flux-2-pro", "X"], "qty"),
+        (&["HISTORY", "n", "COUNT", "X"], "COUNT"),
+        (&["SUBSCRIBE", "s", "pro", "SEATS", "X"], "SEATS"),
+        (&["SUBSCRIBE", "s", "pro", "ANCHOR", "X"], "ANCHOR"),
+        (&["SEATS", "p", "X"], "seats"),
+        (&["ADDON", "p", "X"], "units"),
+        (&["CLOCK", "SET", "X"], "at_ms"),
+        (&["CLOCK", "ADVANCE", "X"], "ms"),
+    ];
+    for (args, what) in cases {
+        for bad in [
+            "05",
+            "00",
+            "-5",
+            "+5",
+            "-0",
+            " 5",
+            "5.0",
+            "9223372036854775808",
+            "18446744073709551615",
+        ] {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| if *a == "X" { bad } else { a })
+                .collect();
+            assert_eq!(
+                err(&mut c, &args),
+                format!("ERR {what} is not an integer or out of range"),
+                "{args:?}"
+            );
+        }
+    }
+    assert_eq!(
+        err(&mut c, &["QUOTE", "image/flux-2-pro", "1000000000000001"]),
+        "ERR qty out of range (0 to 10^15)"
+    );
+    // The top of the range is accepted and comes back as it went in.
+    let max = "9223372036854775807";
+    int(&mut c, &["GRANT", "n", "gmax", "1", "EXPIRES", max]);
+    let account = format!("{:?}", cmd(&mut c, &["ACCOUNT", "n"]));
+    assert!(
+        account.contains(&format!("int({max})")),
+        "ACCOUNT shows EXPIRES {max}: {account}"
+    );
+    assert_eq!(
+        cmd(&mut c, &["HISTORY", "n", "COUNT", "0"]),
+        Ok(redis::Value::Array(vec![]))
+    );
+    // No refused command was applied.
+    assert_eq!(balance(&mut c, "n"), [991, 10, 0, 0, 1001]);
+    assert_eq!(int(&mut c, &["CLOCK", "SET", max]), i64::MAX);
+    assert!(err(&mut c, &["CLOCK", "ADVANCE", "1"]).starts_with("ERR CLOCK ADVANCE"));
+    assert_eq!(int(&mut c, &["CLOCK", "ADVANCE", "0"]), i64::MAX);
+}
+
+/// A bulk-string request of `args`, as clients send it.
+fn request(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// One MULTI can neither queue more than 16 MiB nor more than 10,000
+/// commands: past either the transaction fails as on any queueing error (EXEC
+/// answers EXECABORT) and nothing more is kept; the server stays small and
+/// serves everyone.
+#[test]
+fn multi_queue_is_bounded_in_bytes_and_commands() {
+    let srv = Creditd::start(&[]);
+    let pid = srv.pid();
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "mq", "g", "100"]);
+    let rss_before = rss_kb(pid);
+    // 200 commands of 1 MiB each: 200 MiB if kept.
+    let mut s = srv.raw();
+    s.write_all(b"MULTI\r\n").unwrap();
+    let big = vec![b'x'; 1024 * 1024];
+    let one = request(&[b"ECHO", &big]);
+    for _ in 0..200 {
+        s.write_all(&one).unwrap();
+    }
+    s.write_all(b"PING\r\n").unwrap();
+    // Once PING's QUEUED is back, every ECHO was handled.
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let replies: Vec<String> = (0..202).map(|_| read_one(&mut reader)).collect();
+    let rss_queued = rss_kb(pid);
+    assert_eq!(replies[0], "+OK");
+    let refused: Vec<_> = replies.iter().filter(|r| r.starts_with('-')).collect();
+    assert_eq!(
+        refused,
+        ["-ERR too many bytes in MULTI (limit 16 MiB); EXEC will discard the transaction"]
+    );
+    assert!(replies[1..16].iter().all(|r| r == "+QUEUED"), "{replies:?}");
+    s.write_all(b"EXEC\r\nBALANCE mq\r\n").unwrap();
+    assert!(read_one(&mut reader).starts_with("-EXECABORT"));
+    assert_eq!(
+        read_one(&mut reader),
+        "[available,:100,held,:0,spent,:0,expired,:0,granted,:100]"
+    );
+    assert!(
+        rss_queued < rss_before + 100 * 1024,
+        "rss grew from {rss_before} kB to {rss_queued} kB"
+    );
+    // The count bound: 10,001 small commands.
+    let mut batch = b"MULTI\r\n".to_vec();
+    for i in 0..10_001 {
+        batch.extend_from_slice(format!("RESERVE mq h{i} 1\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"EXEC\r\n");
+    s.write_all(&batch).unwrap();
+    let replies: Vec<String> = (0..10_003).map(|_| read_one(&mut reader)).collect();
+    assert!(replies[1..10_001].iter().all(|r| r == "+QUEUED"));
+    assert_eq!(
+        replies[10_001],
+        "-ERR too many commands in MULTI (limit 10000); EXEC will discard the transaction"
+    );
+    assert!(
+        replies[10_002].starts_with("-EXECABORT"),
+        "{}",
+        replies[10_002]
+    );
+    // Nothing ran; others are served.
+    assert_eq!(balance(&mut c, "mq"), [100, 0, 0, 0, 100]);
+    assert_eq!(int(&mut c, &["RESERVE", "mq", "after", "1"]), 1);
+}
+
+/// EXEC's replies go out as they are produced, flushed at the same bound as
+/// pipelined replies: a transaction of 2,000 large reads sent by a client that
+/// does not read does not make the server build hundreds of MiB of replies.
+#[test]
+fn exec_replies_are_flushed_not_built_whole() {
+    let srv = Creditd::start(&[]);
+    let pid = srv.pid();
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "ex", "g", "1000000"]);
+    let mut s = srv.raw();
+    let setup: String = (0..999).map(|i| format!("RESERVE ex h{i} 1\r\n")).collect();
+    s.write_all(setup.as_bytes()).unwrap();
+    read_replies(&mut s, 999);
+    // One HISTORY reply (1,000 entries, about 100 kB), as bytes: all that
+    // comes before the PONG sent after it.
+    let mut probe = srv.raw();
+    probe
+        .write_all(b"HISTORY ex COUNT 1000\r\nPING\r\n")
+        .unwrap();
+    let mut one = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !one.ends_with(b"+PONG\r\n") {
+        let n = probe.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed");
+        one.extend_from_slice(&chunk[..n]);
+    }
+    one.truncate(one.len() - b"+PONG\r\n".len());
+    assert!(one.len() > 50_000, "{}", one.len());
+    let n = 2_000;
+    // How long the server takes to produce these replies when they are read:
+    // the time it gets below before its memory is looked at.
+    let started = Instant::now();
+    let mut reference = srv.raw();
+    let mut pipeline = b"HISTORY ex COUNT 1000\r\n".repeat(n);
+    pipeline.extend_from_slice(b"PING\r\n");
+    reference.write_all(&pipeline).unwrap();
+    let mut left = n * one.len() + b"+PONG\r\n".len();
+    while left > 0 {
+        let got = reference.read(&mut chunk).unwrap();
+        assert!(got > 0, "connection closed");
+        left -= got;
+    }
+    let window = (started.elapsed() * 2).max(Duration::from_secs(3));
+    let rss_before = rss_kb(pid);
+    let mut batch = b"MULTI\r\n".to_vec();
+    batch.extend_from_slice(&b"HISTORY ex COUNT 1000\r\n".repeat(n));
+    batch.extend_from_slice(b"EXEC\r\nPING\r\n");
+    s.write_all(&batch).unwrap();
+    // Do not read for a while: the server must stall, not buffer.
+    let mut rss_max = 0;
+    let started = Instant::now();
+    while started.elapsed() < window {
+        rss_max = rss_max.max(rss_kb(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        rss_max < rss_before + 100 * 1024,
+        "rss grew from {rss_before} kB to {rss_max} kB"
+    );
+    // Then every reply arrives whole and in order.
+    let mut expected = b"+OK\r\n".to_vec();
+    expected.extend_from_slice(&b"+QUEUED\r\n".repeat(n));
+    expected.extend_from_slice(format!("*{n}\r\n").as_bytes());
+    let mut got = vec![0u8; expected.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, expected);
+    for _ in 0..n {
+        got.resize(one.len(), 0);
+        s.read_exact(&mut got).unwrap();
+        assert!(got == one, "each HISTORY reply whole");
+    }
+    let mut reader = std::io::BufReader::new(s);
+    assert_eq!(read_one(&mut reader), "+PONG");
+    assert_eq!(int(&mut c, &["RESERVE", "ex", "after", "1"]), 1);
+}
+
+/// What a connection keeps about its client (name, library) is bounded: it
+/// lives as long as the connection.
+#[test]
+fn client_names_are_bounded() {
+    let srv = Creditd::start(&[]);
+    let mut c = srv.client();
+    let at_limit = "n".repeat(1024);
+    let over = "n".repeat(1025);
+    assert_eq!(
+        cmd(&mut c, &["CLIENT", "SETNAME", &at_limit]),
+        Ok(redis::Value::Okay)
+    );
+    assert_eq!(
+        err(&mut c, &["CLIENT", "SETNAME", &over]),
+        "ERR client name too long (limit 1024 bytes)"
+    );
+    assert_eq!(
+        err(&mut c, &["CLIENT", "SETINFO", "LIB-NAME", &over]),
+        "ERR LIB-NAME too long (limit 1024 bytes)"
+    );
+    assert_eq!(
+        err(&mut c, &["HELLO", "2", "SETNAME", &over]),
+        "ERR client name too long (limit 1024 bytes)"
+    );
+    assert_eq!(
+        cmd(&mut c, &["CLIENT", "GETNAME"]),
+        Ok(redis::Value::BulkString(at_limit.into_bytes()))
+    );
+}
+
+/// The per-account bounds of the config hold over TCP: past them a command
+/// answers `-ERR` and applies nothing, and history keeps its newest entries.
+#[test]
+fn per_account_bounds_answer_err() {
+    let dir = temp_dir("account-bounds");
+    let config = dir.join("creditd.toml");
+    std::fs::write(
+        &config,
+        "max_holds_per_account = 3\nmax_buckets_per_account = 2\nhistory_per_account = 100\n",
+    )
+    .unwrap();
+    let srv = Creditd::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let mut c = srv.client();
+    int(&mut c, &["GRANT", "b", "g1", "100"]);
+    int(&mut c, &["GRANT", "b", "g2", "100"]);
+    assert_eq!(
+        err(&mut c, &["GRANT", "b", "g3", "100"]),
+        "ERR too many buckets on this account (limit 2)"
+    );
+    for h in ["h1", "h2", "h3"] {
+        int(&mut c, &["RESERVE", "b", h, "1"]);
+    }
+    assert_eq!(
+        err(&mut c, &["RESERVE", "b", "h4", "1"]),
+        "ERR too many open holds on this account (limit 3)"
+    );
+    assert_eq!(balance(&mut c, "b"), [197, 3, 0, 0, 200]);
+    for i in 0..150 {
+        int(&mut c, &["DEBIT", "b", &format!("d{i}"), "0"]);
+    }
+    match cmd(&mut c, &["HISTORY", "b", "COUNT", "1000"]) {
+        Ok(redis::Value::Array(entries)) => assert_eq!(entries.len(), 100),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(int(&mut c, &["RESERVE", "other", "h1", "0"]), 0);
+}
+
+/// A frame that is valid piece by piece but larger than the query buffer (4 MiB)
+/// is refused when the buffer passes its bound, not buffered whole.
+#[test]
+fn query_buffer_is_bounded() {
+    let srv = Creditd::start(&[]);
+    let mut s = srv.raw();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let arg = vec![b'q'; 1024 * 1024];
+    let frame = request(&[b"ECHO", &arg, &arg, &arg, &arg, &arg]);
+    let _ = s.write_all(&frame); // the server may close before taking it all
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "-ERR Protocol error: query buffer limit exceeded\r\n"
+    );
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["RESERVE", "q", "h", "0"]), 0);
+}
+
+/// A connection that once sent and received a large frame does not keep that
+/// room while it idles: 100 such connections stay small.
+#[test]
+fn idle_connections_give_back_large_buffers() {
+    let srv = Creditd::start(&[]);
+    let pid = srv.pid();
+    let rss_before = rss_kb(pid);
+    let arg = vec![b'i'; 1024 * 1024];
+    let echo = request(&[b"ECHO", &arg]);
+    let idle: Vec<_> = (0..100)
+        .map(|_| {
+            let mut s = srv.raw();
+            s.write_all(&echo).unwrap();
+            let mut reply = vec![0u8; arg.len() + b"$1048576\r\n\r\n".len()];
+            s.read_exact(&mut reply).unwrap();
+            assert!(reply.starts_with(b"$1048576\r\n"));
+            s
+        })
+        .collect();
+    let rss_idle = rss_kb(pid);
+    assert!(
+        rss_idle < rss_before + 50 * 1024,
+        "rss grew from {rss_before} kB to {rss_idle} kB"
+    );
+    drop(idle);
+    let mut c = srv.client();
+    assert_eq!(int(&mut c, &["RESERVE", "i", "h", "0"]), 0);
+}

@@ -465,3 +465,26 @@ fn a_jump_without_its_gap_marker_is_refused() {
     let error = open(&dir.0).err().expect("records 1..9 are missing");
     assert!(error.message.contains("missing"), "{error}");
 }
+
+#[test]
+fn a_slow_disk_turns_new_work_away_past_the_buffer_bound() {
+    let dir = TempDir::new("slow");
+    let (journal, ..) = open(&dir.0).unwrap();
+    // The first write takes a while: appends pile up meanwhile.
+    let first = std::sync::atomic::AtomicBool::new(true);
+    journal.inject_faults(Box::new(move |op| {
+        if matches!(op, DiskOp::Write { .. }) && first.swap(false, Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        None
+    }));
+    let chunk = vec![7u8; 1 << 20];
+    let mut seq = 0;
+    while journal.has_capacity() {
+        seq = append(&journal, &chunk);
+        assert!(seq <= 80, "64 MiB waiting for the disk must turn work away");
+    }
+    assert!(journal.stats().pending_bytes >= BUFFER_MAX_BYTES);
+    wait_durable(&journal, seq);
+    assert!(journal.has_capacity());
+}

@@ -1,6 +1,6 @@
 //! INFO, CONFIG, CLOCK: operating the server.
 
-use super::{is, parse_u64, Failure, Flow, Session};
+use super::{is, parse_u64, Failure, Flow, Session, MAX_INTEGER};
 use crate::app::App;
 use crate::resp::encode;
 use creditd_engine::clock::Clock;
@@ -19,7 +19,7 @@ pub fn info(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resul
 pub fn config(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     let sub = a[1];
     if is(sub, "RELOAD") && a.len() == 2 {
-        app.reload_config().map_err(Failure::err)?;
+        app.reload_config("CONFIG RELOAD").map_err(Failure::err)?;
         encode::simple(out, "OK");
     } else if is(sub, "GET") && a.len() >= 3 {
         // creditd has no Redis-style runtime parameters; an empty reply keeps
@@ -46,12 +46,19 @@ pub fn clock(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
         encode::integer(out, clock.now_ms() as i64);
         return Ok(Flow::Done);
     } else if is(sub, "SET") && a.len() == 3 {
-        let at = parse_u64(a[2])?;
+        let at = parse_u64(a[2], "at_ms")?;
         clock
             .set(at)
             .map_err(|now| Failure::err(format!("the clock never goes backwards (now {now})")))?
     } else if is(sub, "ADVANCE") && a.len() == 3 {
-        clock.advance(parse_u64(a[2])?)
+        let ms = parse_u64(a[2], "ms")?;
+        // The reply is a signed 64-bit integer: the clock never goes past i64::MAX.
+        if clock.now_ms().saturating_add(ms) > MAX_INTEGER {
+            return Err(Failure::err(format!(
+                "CLOCK ADVANCE would take the clock past {MAX_INTEGER}"
+            )));
+        }
+        clock.advance(ms)
     } else {
         return Err(Failure::syntax());
     };

@@ -5,6 +5,20 @@ use super::{is, Failure, Flow, Session, COMMANDS};
 use crate::app::App;
 use crate::resp::encode::{self, Proto};
 
+/// Longest client name or library name/version a connection keeps: they live
+/// as long as the connection, so they are bounded well below a bulk string.
+pub const MAX_CLIENT_INFO_BYTES: usize = 1024;
+
+/// A copy of a client name or library field, refused past [`MAX_CLIENT_INFO_BYTES`].
+fn client_info(arg: &[u8], what: &str) -> Result<Vec<u8>, Failure> {
+    if arg.len() > MAX_CLIENT_INFO_BYTES {
+        return Err(Failure::err(format!(
+            "{what} too long (limit {MAX_CLIENT_INFO_BYTES} bytes)"
+        )));
+    }
+    Ok(arg.to_vec())
+}
+
 /// `PING [msg]`
 pub fn ping(_: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     match a.len() {
@@ -57,7 +71,7 @@ pub fn hello(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
             role = Some(app.authenticate(Some(a[i + 1]), a[i + 2])?);
             i += 3;
         } else if is(a[i], "SETNAME") && i + 1 < a.len() {
-            name = Some(a[i + 1].to_vec());
+            name = Some(client_info(a[i + 1], "client name")?);
             i += 2;
         } else {
             return Err(Failure::syntax());
@@ -119,7 +133,7 @@ pub fn client(_: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resul
         s.name = if a[2].is_empty() {
             None
         } else {
-            Some(a[2].to_vec())
+            Some(client_info(a[2], "client name")?)
         };
         encode::simple(out, "OK");
     } else if is(sub, "GETNAME") && a.len() == 2 {
@@ -129,9 +143,9 @@ pub fn client(_: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resul
         }
     } else if is(sub, "SETINFO") && a.len() == 4 {
         if is(a[2], "LIB-NAME") {
-            s.lib_name = Some(a[3].to_vec());
+            s.lib_name = Some(client_info(a[3], "LIB-NAME")?);
         } else if is(a[2], "LIB-VER") {
-            s.lib_ver = Some(a[3].to_vec());
+            s.lib_ver = Some(client_info(a[3], "LIB-VER")?);
         } else {
             return Err(Failure::err(format!(
                 "Unrecognized option '{}'",

@@ -13,7 +13,7 @@ use creditd_engine::{Expiry, Mutation};
 pub fn grant(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     let account = id(a[1])?;
     let grant_id = Bytes(id(a[2])?);
-    let amount = parse_amount(a[3])?;
+    let amount = parse_amount(a[3], "amount")?;
     let mut kind = None;
     let mut expiry = None;
     let mut priority = None;
@@ -25,15 +25,15 @@ pub fn grant(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
                 Failure::err("KIND must be subscription, addon, rollover, prepaid or promo")
             })?);
         } else if is(a[i], "EXPIRES") && expiry.is_none() {
-            expiry = Some(Expiry::At(parse_u64(value)?));
+            expiry = Some(Expiry::At(parse_u64(value, "EXPIRES")?));
         } else if is(a[i], "TTL") && expiry.is_none() {
-            let ttl = parse_u64(value)?;
+            let ttl = parse_u64(value, "TTL")?;
             if ttl == 0 {
                 return Err(Failure::err("TTL must be at least 1 ms"));
             }
             expiry = Some(Expiry::Ttl(ttl));
         } else if is(a[i], "PRIORITY") && priority.is_none() {
-            let p = parse_u64(value)?;
+            let p = parse_u64(value, "PRIORITY")?;
             if p > MAX_PRIORITY as u64 {
                 return Err(Failure::err("PRIORITY must be 0 to 100"));
             }
@@ -66,7 +66,7 @@ pub fn debit(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
 /// `QUOTE sku qty`
 pub fn quote(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     let sku = name(a[1], "sku")?;
-    let qty = parse_amount(a[2])?;
+    let qty = parse_amount(a[2], "qty")?;
     let cost = app.engine.quote(sku, qty)?;
     encode::integer(out, cost as i64);
     Ok(Flow::Done)

@@ -19,7 +19,7 @@ pub fn reserve(
     let (charge, mut i) = parse_charge(a, 3)?;
     let mut ttl_ms = None;
     if i < a.len() && is(a[i], "TTL") {
-        ttl_ms = Some(parse_ttl(a.get(i + 1).ok_or_else(Failure::syntax)?)?);
+        ttl_ms = Some(parse_ttl(a.get(i + 1).ok_or_else(Failure::syntax)?, "TTL")?);
         i += 2;
     }
     end(a, i)?;
@@ -80,7 +80,7 @@ pub fn extend(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Res
     let account = id(a[1])?;
     let m = Mutation::Extend {
         hold_id: Bytes(id(a[2])?),
-        ttl_ms: parse_ttl(a[3])?,
+        ttl_ms: parse_ttl(a[3], "ttl_ms")?,
     };
     Ok(reply_outcome(out, app.execute(account, &m)?))
 }

@@ -10,6 +10,7 @@ mod plans;
 mod reads;
 
 use crate::app::App;
+use crate::multi::{Exec, Multi};
 use crate::resp::encode::{self, Proto};
 use creditd_engine::config::Role;
 use creditd_engine::{EngineError, Outcome};
@@ -27,18 +28,9 @@ pub struct Session {
     pub closing: bool,
     /// Commands queued after MULTI (None: not in a transaction).
     pub multi: Option<Multi>,
+    /// The commands of an EXEC not yet run (None: no EXEC running).
+    pub exec: Option<Exec>,
 }
-
-/// A MULTI block being queued.
-#[derive(Debug, Default)]
-pub struct Multi {
-    pub queued: Vec<Vec<Vec<u8>>>,
-    /// A command was refused while queueing: EXEC answers EXECABORT.
-    pub failed: bool,
-}
-
-/// Most commands one MULTI may queue.
-pub const MULTI_MAX_COMMANDS: usize = 10_000;
 
 /// Who may run a command (contract §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +79,9 @@ impl Failure {
     pub fn syntax() -> Self {
         Failure::err("syntax error")
     }
-    pub fn not_integer() -> Self {
-        Failure::err("value is not an integer or out of range")
+    /// A bad number, worded as Redis words it but naming the argument.
+    pub fn not_integer(what: &str) -> Self {
+        Failure::err(format!("{what} is not an integer or out of range"))
     }
     /// The code word, for metrics.
     pub fn code(&self) -> &str {
@@ -170,43 +163,57 @@ pub fn lookup(name: &[u8]) -> Option<usize> {
 
 // ----- argument parsing helpers shared by the families -----
 
-/// A strict unsigned decimal (digits only, no sign, no spaces), as Redis parses integers.
-pub fn parse_u64(arg: &[u8]) -> Result<u64, Failure> {
-    if arg.is_empty() || arg.len() > 20 {
-        return Err(Failure::not_integer());
+/// The largest integer a client may send: Redis reads integers as signed 64-bit
+/// (`string2ll`), so anything above `i64::MAX` is out of range rather than wrapped.
+pub const MAX_INTEGER: u64 = i64::MAX as u64;
+
+/// A strict non-negative integer, as Redis's `string2ll` reads one without the sign the
+/// contract forbids: ASCII digits only, no leading zero (`0` alone is fine), at most
+/// [`MAX_INTEGER`]. `what` names the argument in the error, e.g.
+/// `-ERR QTY is not an integer or out of range`.
+pub fn parse_u64(arg: &[u8], what: &str) -> Result<u64, Failure> {
+    let not_integer = || Failure::not_integer(what);
+    match arg {
+        [] => return Err(not_integer()),
+        [b'0'] => return Ok(0),
+        [b'0', ..] => return Err(not_integer()),
+        _ => {}
     }
     let mut n: u64 = 0;
     for &c in arg {
         if !c.is_ascii_digit() {
-            return Err(Failure::not_integer());
+            return Err(not_integer());
         }
         n = n
             .checked_mul(10)
             .and_then(|n| n.checked_add((c - b'0') as u64))
-            .ok_or_else(Failure::not_integer)?;
+            .filter(|&n| n <= MAX_INTEGER)
+            .ok_or_else(not_integer)?;
     }
     Ok(n)
 }
 
 /// A credit amount or quantity: 0 to 10^15.
-pub fn parse_amount(arg: &[u8]) -> Result<u64, Failure> {
-    let n = parse_u64(arg)?;
+pub fn parse_amount(arg: &[u8], what: &str) -> Result<u64, Failure> {
+    let n = parse_u64(arg, what)?;
     if n > creditd_engine::MAX_AMOUNT {
-        return Err(Failure::err("amount out of range (0 to 10^15)"));
+        return Err(Failure::err(format!("{what} out of range (0 to 10^15)")));
     }
     Ok(n)
 }
 
-/// A u32 count (seats, units, history count).
-pub fn parse_u32(arg: &[u8]) -> Result<u32, Failure> {
-    u32::try_from(parse_u64(arg)?).map_err(|_| Failure::not_integer())
+/// A u32 count (seats, units).
+pub fn parse_u32(arg: &[u8], what: &str) -> Result<u32, Failure> {
+    u32::try_from(parse_u64(arg, what)?).map_err(|_| Failure::not_integer(what))
 }
 
 /// A hold TTL: 1 to 86,400,000 ms.
-pub fn parse_ttl(arg: &[u8]) -> Result<u64, Failure> {
-    let n = parse_u64(arg)?;
+pub fn parse_ttl(arg: &[u8], what: &str) -> Result<u64, Failure> {
+    let n = parse_u64(arg, what)?;
     if !(1..=creditd_engine::engine::MAX_HOLD_TTL_MS).contains(&n) {
-        return Err(Failure::err("TTL out of range (1 to 86400000 ms)"));
+        return Err(Failure::err(format!(
+            "{what} out of range (1 to 86400000 ms)"
+        )));
     }
     Ok(n)
 }
@@ -265,12 +272,12 @@ pub fn parse_charge<'a>(
         Ok((
             Charge::Sku {
                 sku,
-                qty: parse_amount(qty)?,
+                qty: parse_amount(qty, "QTY")?,
             },
             i + 4,
         ))
     } else {
-        Ok((Charge::Amount(parse_amount(first)?), i + 1))
+        Ok((Charge::Amount(parse_amount(first, "amount")?), i + 1))
     }
 }
 
@@ -280,9 +287,9 @@ pub fn parse_usage(a: &[&[u8]], i: usize) -> Result<(creditd_engine::Usage, usiz
     let first = a.get(i).ok_or_else(Failure::syntax)?;
     if is(first, "QTY") {
         let qty = a.get(i + 1).ok_or_else(Failure::syntax)?;
-        Ok((Usage::Qty(parse_amount(qty)?), i + 2))
+        Ok((Usage::Qty(parse_amount(qty, "QTY")?), i + 2))
     } else {
-        Ok((Usage::Total(parse_amount(first)?), i + 1))
+        Ok((Usage::Total(parse_amount(first, "total")?), i + 1))
     }
 }
 
@@ -292,5 +299,82 @@ pub fn end(a: &[&[u8]], i: usize) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::syntax())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Result<u64, Failure>) -> String {
+        r.expect_err("refused").0
+    }
+
+    #[test]
+    fn integers_are_strict_as_redis_reads_them() {
+        for (text, n) in [
+            ("0", 0),
+            ("7", 7),
+            ("10", 10),
+            ("1000000000000000", 1_000_000_000_000_000),
+            ("9223372036854775807", i64::MAX as u64),
+        ] {
+            assert_eq!(parse_u64(text.as_bytes(), "n"), Ok(n), "{text}");
+        }
+        for bad in [
+            "",
+            "00",
+            "05",
+            "007",
+            "-5",
+            "+5",
+            "-0",
+            " 5",
+            "5 ",
+            "5x",
+            "0x10",
+            "1e3",
+            "1.0",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                message(parse_u64(bad.as_bytes(), "QTY")),
+                "ERR QTY is not an integer or out of range",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_name_the_argument() {
+        assert_eq!(
+            parse_amount(b"1000000000000000", "amount"),
+            Ok(creditd_engine::MAX_AMOUNT)
+        );
+        assert_eq!(
+            message(parse_amount(b"1000000000000001", "QTY")),
+            "ERR QTY out of range (0 to 10^15)"
+        );
+        assert_eq!(
+            message(parse_amount(b"01", "amount")),
+            "ERR amount is not an integer or out of range"
+        );
+        assert_eq!(parse_u32(b"4294967295", "SEATS"), Ok(u32::MAX));
+        assert_eq!(
+            parse_u32(b"4294967296", "SEATS").unwrap_err().0,
+            "ERR SEATS is not an integer or out of range"
+        );
+        assert_eq!(parse_ttl(b"1", "TTL"), Ok(1));
+        assert_eq!(
+            message(parse_ttl(b"0", "TTL")),
+            "ERR TTL out of range (1 to 86400000 ms)"
+        );
+        assert_eq!(
+            message(parse_ttl(b"09", "ttl_ms")),
+            "ERR ttl_ms is not an integer or out of range"
+        );
     }
 }

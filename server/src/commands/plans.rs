@@ -34,9 +34,9 @@ pub fn subscribe(
     while i < a.len() {
         let value = a.get(i + 1).ok_or_else(Failure::syntax)?;
         if is(a[i], "SEATS") && seats.is_none() {
-            seats = Some(parse_u32(value)?);
+            seats = Some(parse_u32(value, "SEATS")?);
         } else if is(a[i], "ANCHOR") && anchor_ms.is_none() {
-            anchor_ms = Some(parse_u64(value)?);
+            anchor_ms = Some(parse_u64(value, "ANCHOR")?);
         } else {
             return Err(Failure::syntax());
         }
@@ -55,7 +55,7 @@ pub fn subscribe(
 pub fn seats(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     let account = id(a[1])?;
     let m = Mutation::Seats {
-        seats: parse_u32(a[2])?,
+        seats: parse_u32(a[2], "seats")?,
     };
     Ok(reply_outcome(out, app.execute(account, &m)?))
 }
@@ -64,7 +64,7 @@ pub fn seats(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
 pub fn addon(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     let account = id(a[1])?;
     let m = Mutation::Addon {
-        units: parse_u32(a[2])?,
+        units: parse_u32(a[2], "units")?,
     };
     Ok(reply_outcome(out, app.execute(account, &m)?))
 }

@@ -103,7 +103,7 @@ pub fn history(
     let mut count = HISTORY_DEFAULT;
     let mut i = 2;
     if i < a.len() && is(a[i], "COUNT") {
-        count = parse_u64(a.get(i + 1).ok_or_else(Failure::syntax)?)?;
+        count = parse_u64(a.get(i + 1).ok_or_else(Failure::syntax)?, "COUNT")?;
         i += 2;
     }
     end(a, i)?;

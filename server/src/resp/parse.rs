@@ -11,7 +11,7 @@ use std::fmt;
 use std::ops::Range;
 
 /// Bounds on what one request may claim, so that a broken or hostile client can make
-/// the server neither buffer nor allocate without limit. Defaults are Redis's.
+/// the server neither buffer nor allocate without limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Longest inline line, and how long we wait for its newline before giving up.
@@ -20,17 +20,52 @@ pub struct Limits {
     pub max_args: usize,
     /// Longest bulk string; Redis's `proto-max-bulk-len` equivalent.
     pub max_bulk_len: usize,
+    /// The client has not authenticated: a broken bound is worded as Redis words it
+    /// then (`unauthenticated multibulk length`, `unauthenticated bulk length`).
+    pub unauthenticated: bool,
+}
+
+impl Limits {
+    /// 64 KiB inline lines (Redis's), 1024 arguments, 1 MiB bulk strings: far above any
+    /// creditd command (ids are at most 128 bytes) yet small enough to bound
+    /// per-connection memory.
+    pub const AUTHENTICATED: Limits = Limits {
+        max_inline_len: 64 * 1024,
+        max_args: 1024,
+        max_bulk_len: 1024 * 1024,
+        unauthenticated: false,
+    };
+
+    /// Before AUTH, when tokens are configured: Redis's limits for unauthenticated
+    /// clients (10 arguments, 16 KiB per argument), and inline lines no longer than one
+    /// such argument, so that a client without a token cannot park large frames.
+    pub const UNAUTHENTICATED: Limits = Limits {
+        max_inline_len: 16 * 1024,
+        max_args: 10,
+        max_bulk_len: 16 * 1024,
+        unauthenticated: true,
+    };
+
+    fn too_many_args(&self) -> ProtocolError {
+        err(if self.unauthenticated {
+            "unauthenticated multibulk length"
+        } else {
+            "too many arguments"
+        })
+    }
+
+    fn bulk_too_long(&self) -> ProtocolError {
+        err(if self.unauthenticated {
+            "unauthenticated bulk length"
+        } else {
+            "invalid bulk length"
+        })
+    }
 }
 
 impl Default for Limits {
-    /// 64 KiB inline lines, 1024 arguments, 1 MiB bulk strings: far above any creditd
-    /// command (ids are at most 128 bytes) yet small enough to bound per-connection memory.
     fn default() -> Self {
-        Limits {
-            max_inline_len: 64 * 1024,
-            max_args: 1024,
-            max_bulk_len: 1024 * 1024,
-        }
+        Limits::AUTHENTICATED
     }
 }
 
@@ -207,7 +242,7 @@ fn multibulk(
         };
     }
     if n as u64 > limits.max_args as u64 {
-        return Err(err("too many arguments"));
+        return Err(limits.too_many_args());
     }
     ranges.reserve((n as usize).min(64));
     for _ in 0..n {
@@ -219,6 +254,7 @@ fn multibulk(
         let len = match read_len(buf, &mut pos) {
             Len::Incomplete => return Ok(Parsed::Incomplete),
             Len::Ok(len) if len >= 0 && len as u64 <= limits.max_bulk_len as u64 => len as usize,
+            Len::Ok(len) if len >= 0 => return Err(limits.bulk_too_long()),
             _ => return Err(err("invalid bulk length")),
         };
         if buf.len() - pos < len.saturating_add(2) {
@@ -267,7 +303,7 @@ fn inline(buf: &[u8], limits: &Limits, frame: &mut Frame) -> Result<Parsed, Prot
     if line.len() > limits.max_inline_len {
         return Err(err("too big inline request"));
     }
-    split_args(line, limits.max_args, &mut frame.scratch, &mut frame.ranges)?;
+    split_args(line, limits, &mut frame.scratch, &mut frame.ranges)?;
     let consumed = nl + 1;
     Ok(if frame.ranges.is_empty() {
         Parsed::Empty { consumed }
@@ -291,7 +327,7 @@ fn hex(b: u8) -> Option<u8> {
 /// (Unlike C, a NUL byte is an ordinary byte here rather than the end of the line.)
 fn split_args(
     line: &[u8],
-    max_args: usize,
+    limits: &Limits,
     out: &mut Vec<u8>,
     ranges: &mut Vec<Range<usize>>,
 ) -> Result<(), ProtocolError> {
@@ -306,8 +342,8 @@ fn split_args(
         if p == line.len() {
             return Ok(());
         }
-        if ranges.len() == max_args {
-            return Err(err("too many arguments"));
+        if ranges.len() == limits.max_args {
+            return Err(limits.too_many_args());
         }
         let start = out.len();
         let (mut dq, mut sq) = (false, false);
@@ -591,6 +627,29 @@ mod tests {
     }
 
     #[test]
+    fn unauthenticated_limits_as_redis() {
+        let l = Limits::UNAUTHENTICATED;
+        let fails_with = |buf: &[u8], why: &str| {
+            let got = parse_all(buf, &l).map(|_| ()).unwrap_err();
+            assert_eq!(got.to_string(), why, "{:?}", String::from_utf8_lossy(buf));
+        };
+        fails_with(b"*11\r\n", "unauthenticated multibulk length");
+        fails_with(b"*1\r\n$16385\r\n", "unauthenticated bulk length");
+        fails_with(b"*1\r\n$x\r\n", "invalid bulk length");
+        fails_with(
+            format!("{}\n", "a ".repeat(11)).as_bytes(),
+            "unauthenticated multibulk length",
+        );
+        fails_with(&[b'a'; 16 * 1024 + 1], "too big inline request");
+        // At the limits exactly is fine.
+        let ten = multibulk(&vec![vec![7; 16 * 1024]; 10]);
+        assert_eq!(parse_all(&ten, &l).unwrap().0[0].len(), 10);
+        let mut line = vec![b'a'; 16 * 1024];
+        line.push(b'\n');
+        assert_eq!(parse_all(&line, &l).unwrap().0.len(), 1);
+    }
+
+    #[test]
     fn pipelined_10k() {
         let mut buf = Vec::new();
         for i in 0..10_000 {
@@ -689,6 +748,7 @@ mod tests {
             max_inline_len: 16,
             max_args: 4,
             max_bulk_len: 8,
+            unauthenticated: true,
         };
         let alphabet = b"*$\r\n\r\n-0123456789 \"'\\xa";
         for i in 0..50_000 {
