@@ -470,7 +470,8 @@ const SHORT_RESERVE: &[&str] = &[
 #[test]
 fn creditd_with_tokens() {
     let server = start_creditd(Some(
-        "[[tokens]]\ntoken = \"smoke-admin-token\"\nrole = \"admin\"\n",
+        "[[tokens]]\ntoken = \"smoke-admin-token\"\nrole = \"admin\"\n\
+         [[tokens]]\ntoken = \"smoke-probe-token\"\nrole = \"probe\"\n",
     ));
 
     let v = loadtest_ok(
@@ -511,6 +512,20 @@ fn creditd_with_tokens() {
         none.describe()
     );
     assert!(none.report.is_none(), "{}", none.describe());
+
+    // A role that may not GRANT stops at the setup, saying what it takes.
+    let probe = run_loadtest(
+        &server,
+        &[&["--token", "smoke-probe-token"], SHORT_RESERVE].concat(),
+        &[],
+    );
+    assert!(!probe.output.status.success(), "{}", probe.describe());
+    assert!(
+        probe.stderr().contains("NOPERM") && probe.stderr().contains("admin"),
+        "{}",
+        probe.describe()
+    );
+    assert!(probe.report.is_none(), "{}", probe.describe());
 }
 
 /// Error replies the workload does not expect fail the run above
