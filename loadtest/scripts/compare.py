@@ -146,7 +146,8 @@ def run(name, target, args):
         lat, cpu = r["latency_us"], r["cpu"]
         lag = r.get("send_lag_us")
         print(f"{name}: {r['throughput_ops_s']:.0f} ops/s  p50 {lat['p50']}  p99 {lat['p99']}  "
-              f"p99.9 {lat['p999']}  max {lat['max']} µs  errors {sum(r['errors'].values())}  "
+              f"p99.9 {lat['p999']}  max {lat['max']} µs  errors {sum(e['count'] for e in r['errors'].values())} "
+              f"(unexpected {r['unexpected_errors']})  "
               f"dropped {r['dropped']}  send lag p99 {lag['p99'] if lag else '-'}  cpu {cpu}",
               flush=True)
         if cpu["others_s"] <= MAX_OTHERS:

@@ -9,9 +9,10 @@
 //! *intended* time, so a stall of the server (or of the client) shows up in full
 //! for every request that should have gone out meanwhile (no coordinated omission).
 
+use crate::client::Endpoint;
 use crate::ops::{Kind, Op, Speller, KINDS};
 use crate::resp::{self, Encoder, Reply};
-use crate::workload::{Generator, Tag};
+use crate::workload::{Generator, ReplyClass, Tag};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Latency histograms record nanoseconds, up to a minute.
@@ -27,12 +27,53 @@ pub fn histogram(sigfig: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, sigfig).expect("valid histogram bounds")
 }
 
+/// Distinct messages kept per error code, and characters kept per message:
+/// enough to tell what went wrong without a report the size of the run.
+const MESSAGES_PER_CODE: usize = 3;
+const MESSAGE_CHARS: usize = 200;
+
+/// The error replies of one code (first word of the error).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ErrorTally {
+    pub count: u64,
+    /// Those the workload does not expect (see [`ReplyClass`]).
+    pub unexpected: u64,
+    /// The first distinct messages, whole (`ERR too many open holds ...`).
+    pub messages: Vec<String>,
+}
+
+impl ErrorTally {
+    fn keep(&mut self, message: &str) {
+        if self.messages.len() >= MESSAGES_PER_CODE {
+            return;
+        }
+        let end = message
+            .char_indices()
+            .nth(MESSAGE_CHARS)
+            .map_or(message.len(), |(i, _)| i);
+        let message = &message[..end];
+        if !self.messages.iter().any(|m| m == message) {
+            self.messages.push(message.to_string());
+        }
+    }
+
+    fn merge(&mut self, other: &ErrorTally) {
+        self.count += other.count;
+        self.unexpected += other.unexpected;
+        for m in &other.messages {
+            self.keep(m);
+        }
+    }
+}
+
 /// Counters and histograms of the measured part of a run (after warmup).
 pub struct Stats {
     pub all: Histogram<u64>,
     pub by_kind: Vec<Histogram<u64>>,
     /// Error replies by code (first word), overall and per kind.
-    pub errors: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, ErrorTally>,
+    /// Error replies the workload does not expect, of every code.
+    pub unexpected_errors: u64,
     pub errors_by_kind: Vec<u64>,
     /// Open loop: how late each request was written after its intended time
     /// (the client's own share of the latency; large values mean the client,
@@ -49,6 +90,7 @@ impl Stats {
             all: histogram(3),
             by_kind: KINDS.iter().map(|_| histogram(2)).collect(),
             errors: BTreeMap::new(),
+            unexpected_errors: 0,
             errors_by_kind: vec![0; KINDS.len()],
             send_lag: histogram(2),
             ok: 0,
@@ -61,9 +103,10 @@ impl Stats {
         for (a, b) in self.by_kind.iter_mut().zip(&other.by_kind) {
             a.add(b).expect("same bounds");
         }
-        for (code, n) in &other.errors {
-            *self.errors.entry(code.clone()).or_default() += n;
+        for (code, tally) in &other.errors {
+            self.errors.entry(code.clone()).or_default().merge(tally);
         }
+        self.unexpected_errors += other.unexpected_errors;
         for (a, b) in self.errors_by_kind.iter_mut().zip(&other.errors_by_kind) {
             *a += b;
         }
@@ -72,16 +115,33 @@ impl Stats {
         self.last_reply = self.last_reply.max(other.last_reply);
     }
 
-    fn record(&mut self, kind: Kind, reply: &Reply, latency: Duration, now: Instant) {
+    fn record(
+        &mut self,
+        kind: Kind,
+        reply: &Reply,
+        class: ReplyClass,
+        latency: Duration,
+        now: Instant,
+    ) {
         let ns = (latency.as_nanos() as u64).max(1);
         self.all.saturating_record(ns);
         self.by_kind[kind.index()].saturating_record(ns);
-        match reply.error_code() {
-            Some(code) => {
-                *self.errors.entry(code.to_string()).or_default() += 1;
+        match reply {
+            Reply::Error(message) => {
+                let code = reply.error_code().unwrap_or("ERR");
+                let tally = match self.errors.get_mut(code) {
+                    Some(t) => t,
+                    None => self.errors.entry(code.to_string()).or_default(),
+                };
+                tally.count += 1;
+                if class == ReplyClass::UnexpectedError {
+                    tally.unexpected += 1;
+                    self.unexpected_errors += 1;
+                }
+                tally.keep(message);
                 self.errors_by_kind[kind.index()] += 1;
             }
-            None => self.ok += 1,
+            _ => self.ok += 1,
         }
         self.last_reply = Some(now);
     }
@@ -192,12 +252,12 @@ impl Conn {
                 Tag::Retry(_) => Kind::Retry,
                 _ => p.op.kind(),
             };
+            let class = self.gen.on_reply(&p.op, p.tag, &reply, p.intended, now);
             if p.intended >= self.measure_start {
-                self.stats
-                    .record(kind, &reply, now.saturating_duration_since(p.intended), now);
+                let latency = now.saturating_duration_since(p.intended);
+                self.stats.record(kind, &reply, class, latency, now);
                 handled += 1;
             }
-            self.gen.on_reply(&p.op, p.tag, &reply, p.intended, now);
         }
         self.rbuf.drain(..pos);
         if handled > 0 {
@@ -319,7 +379,7 @@ impl Conn {
 /// Runs one connection to the end. Never panics on I/O trouble: an error ends
 /// this connection and is reported.
 pub async fn run(
-    addr: String,
+    endpoint: Endpoint,
     cfg: ConnCfg,
     speller: Speller,
     gen: Generator,
@@ -327,12 +387,10 @@ pub async fn run(
     slots: Option<mpsc::UnboundedReceiver<Instant>>,
     start: Instant,
 ) -> ConnResult {
-    let stream = match tokio::time::timeout(cfg.io_timeout, TcpStream::connect(&addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return failed(gen, format!("connect {addr}: {e}")),
-        Err(_) => return failed(gen, format!("connect {addr}: timed out")),
+    let stream = match endpoint.connect(cfg.io_timeout).await {
+        Ok(client) => client.into_stream(),
+        Err(e) => return failed(gen, e),
     };
-    let _ = stream.set_nodelay(true);
     // Every connection is up before the first request: all start together.
     tokio::time::sleep_until(tokio::time::Instant::from_std(start)).await;
     let (rd, wr) = stream.into_split();

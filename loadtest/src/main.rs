@@ -2,6 +2,7 @@
 //! redis-server running the equivalent Lua scripts, with one identical workload
 //! and client so the two compare fairly. See loadtest/README.md.
 
+mod args;
 mod client;
 mod conn;
 mod ops;
@@ -10,12 +11,14 @@ mod resp;
 mod verify;
 mod workload;
 
-use clap::{Parser, ValueEnum};
-use client::Client;
+use args::{check, describe, Args, ModeArg, Target};
+use clap::Parser;
+use client::{Auth, Endpoint};
 use conn::{ConnCfg, Mode, Progress, Stats};
 use indicatif::{ProgressBar, ProgressStyle};
 use ops::{lua, Op, Shas, Speller, TargetKind};
 use report::{Report, RunConfig};
+use resp::Reply;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -24,133 +27,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use workload::{Generator, KeyDist, Ledger, WorkloadCfg, WorkloadKind};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Target {
-    /// creditd's own commands.
-    Creditd,
-    /// redis-server with the equivalent Lua scripts (SCRIPT LOAD, then EVALSHA).
-    RedisLua,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ModeArg {
-    /// Each connection sends its next batch when the previous replies arrived.
-    Closed,
-    /// A fixed total rate; latency from each request's intended send time.
-    Open,
-}
-
-/// Load generator for creditd (and redis-server + Lua, for comparison).
-#[derive(Debug, Parser)]
-#[command(name = "creditd-loadtest", version, about, long_about = None)]
-struct Args {
-    /// Server address (the only address this tool connects to).
-    #[arg(long, default_value = "127.0.0.1:6479")]
-    addr: String,
-
-    /// What the server is.
-    #[arg(long, value_enum, default_value = "creditd")]
-    target: Target,
-
-    #[arg(long, value_enum, default_value = "closed")]
-    mode: ModeArg,
-
-    /// Open loop: total requests per second over all connections.
-    #[arg(long)]
-    rate: Option<f64>,
-
-    #[arg(long, default_value_t = 50)]
-    connections: usize,
-
-    /// Closed loop: requests per batch. Open loop: most requests in flight per connection.
-    #[arg(long, default_value_t = 1)]
-    pipeline: usize,
-
-    /// Seconds to run after the warmup (default 10 unless --requests is given).
-    #[arg(long)]
-    duration: Option<f64>,
-
-    /// Measured requests to send in all (stops at whichever of this and --duration comes first).
-    #[arg(long)]
-    requests: Option<u64>,
-
-    /// Seconds run before measuring (not in the figures; still verified).
-    #[arg(long, default_value_t = 0.0)]
-    warmup: f64,
-
-    #[arg(long, value_enum, default_value = "reserve")]
-    workload: WorkloadKind,
-
-    /// Number of accounts; each gets --grant credits before the run.
-    #[arg(long, default_value_t = 10_000)]
-    accounts: u32,
-
-    /// How accounts are picked.
-    #[arg(long, value_enum, default_value = "zipf")]
-    keys: KeyDist,
-
-    /// Zipf exponent (--keys zipf).
-    #[arg(long, default_value_t = 0.99)]
-    zipf_s: f64,
-
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-
-    /// Credits granted to each account before the run.
-    #[arg(long, default_value_t = 1_000_000_000_000)]
-    grant: u64,
-
-    /// Amount of each RESERVE (--workload reserve).
-    #[arg(long, default_value_t = 1)]
-    amount: u64,
-
-    /// TTL of each RESERVE of --workload reserve (default: none, the server's default).
-    #[arg(long)]
-    reserve_ttl_ms: Option<u64>,
-
-    /// TTL of the abandoned holds of --workload mix (they must expire).
-    #[arg(long, default_value_t = 200)]
-    abandon_ttl_ms: u64,
-
-    /// The server's default hold TTL (creditd hold_ttl_ms), for --verify.
-    #[arg(long, default_value_t = 900_000)]
-    default_ttl_ms: u64,
-
-    /// Prefix of every id of this run (default: unique per run, so runs never collide).
-    #[arg(long)]
-    run_prefix: Option<String>,
-
-    /// Open loop: the pacer thread's timer slack in µs (Linux; the kernel default is 50).
-    #[arg(long, default_value_t = 50)]
-    timer_slack_us: u64,
-
-    /// Client runtime threads (1: everything on one thread, like redis-benchmark).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-
-    /// Seconds a connect or a read may take before the connection is given up.
-    #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
-
-    /// Seconds to wait for outstanding replies after the end.
-    #[arg(long, default_value_t = 10.0)]
-    drain: f64,
-
-    /// At the end, check every touched account against the client's ledger.
-    #[arg(long)]
-    verify: bool,
-
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
-
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Bad arguments exit 64 (clap's own code, 2, means verify mismatches here).
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     if let Err(e) = check(&args) {
         eprintln!("creditd-loadtest: {e}");
         return ExitCode::from(64);
@@ -181,47 +66,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(a: &Args) -> Result<(), String> {
-    if a.connections == 0 || a.pipeline == 0 || a.accounts == 0 {
-        return Err("--connections, --pipeline and --accounts must be at least 1".into());
-    }
-    if a.connections > 10_000 {
-        return Err("--connections at most 10000".into());
-    }
-    if a.mode == ModeArg::Open {
-        match a.rate {
-            Some(r) if r > 0.0 && r.is_finite() => {}
-            _ => return Err("--mode open needs --rate R > 0".into()),
+/// What to do about a setup command the server refused for want of rights.
+fn setup_hint(reply: &Reply) -> &'static str {
+    match reply.error_code() {
+        Some("NOAUTH") => " (the server wants a token: give it with --token or CREDITD_TOKEN)",
+        Some("NOPERM") => {
+            " (the token's role may not run it: the setup grants credits, which takes an admin token)"
         }
+        _ => "",
     }
-    if let Some(d) = a.duration {
-        if !(d > 0.0 && d <= 86_400.0) {
-            return Err("--duration must be in (0, 86400] seconds".into());
-        }
-    }
-    if a.requests == Some(0) {
-        return Err("--requests must be at least 1".into());
-    }
-    if !(0.0..=3_600.0).contains(&a.warmup) {
-        return Err("--warmup must be in [0, 3600] seconds".into());
-    }
-    if !(a.zipf_s >= 0.0 && a.zipf_s.is_finite()) {
-        return Err("--zipf-s must be >= 0".into());
-    }
-    if a.abandon_ttl_ms == 0 || a.abandon_ttl_ms > 86_400_000 {
-        return Err("--abandon-ttl-ms must be 1 to 86400000".into());
-    }
-    if a.grant == 0 || a.grant > 1_000_000_000_000_000 {
-        return Err("--grant must be 1 to 10^15".into());
-    }
-    if !(a.timeout > 0.0 && a.drain >= 0.0) {
-        return Err("--timeout must be > 0 and --drain >= 0".into());
-    }
-    Ok(())
 }
 
-/// Loads the scripts (redis-lua) or checks the server answers (creditd).
-async fn prepare(args: &Args, timeout: Duration) -> Result<Speller, String> {
+/// Connects (and authenticates), then loads the scripts (redis-lua) or checks
+/// the server answers (creditd).
+async fn prepare(args: &Args, endpoint: &Endpoint, timeout: Duration) -> Result<Speller, String> {
     let prefix = args.run_prefix.clone().unwrap_or_else(|| {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -229,7 +87,7 @@ async fn prepare(args: &Args, timeout: Duration) -> Result<Speller, String> {
             .unwrap_or(0);
         format!("lt{:x}:", ms % (1 << 40))
     });
-    let mut c = Client::connect(&args.addr, timeout).await?;
+    let mut c = endpoint.connect(timeout).await?;
     let pong = c.call(&[b"PING"]).await?;
     if pong.error_code().is_some() {
         return Err(format!("PING: {pong}"));
@@ -243,7 +101,7 @@ async fn prepare(args: &Args, timeout: Duration) -> Result<Speller, String> {
                 let r = c.call(&[b"SCRIPT", b"LOAD", src.as_bytes()]).await?;
                 match r.as_str() {
                     Some(sha) if r.error_code().is_none() => shas.push(sha.to_string()),
-                    _ => return Err(format!("SCRIPT LOAD {name}.lua: {r}")),
+                    _ => return Err(format!("SCRIPT LOAD {name}.lua: {r}{}", setup_hint(&r))),
                 }
             }
             (TargetKind::RedisLua, Shas(shas))
@@ -257,17 +115,22 @@ async fn prepare(args: &Args, timeout: Duration) -> Result<Speller, String> {
 }
 
 /// GRANTs every account, pipelined over a few connections.
-async fn grant_all(args: &Args, speller: &Speller, timeout: Duration) -> Result<(), String> {
+async fn grant_all(
+    args: &Args,
+    endpoint: &Endpoint,
+    speller: &Speller,
+    timeout: Duration,
+) -> Result<(), String> {
     const CONNS: u32 = 4;
     const CHUNK: u32 = 1000;
     let n = args.accounts;
     let mut tasks = Vec::new();
     for k in 0..CONNS {
-        let addr = args.addr.clone();
+        let endpoint = endpoint.clone();
         let speller = speller.clone();
         let amount = args.grant;
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(&addr, timeout).await?;
+            let mut c = endpoint.connect(timeout).await?;
             let mut first = (k * CHUNK) as u64;
             while first < n as u64 {
                 let last = (first + CHUNK as u64).min(n as u64);
@@ -285,7 +148,11 @@ async fn grant_all(args: &Args, speller: &Speller, timeout: Duration) -> Result<
                     .enumerate()
                 {
                     if r.as_int().is_none() || r.error_code().is_some() {
-                        return Err(format!("GRANT account {}: {r}", first + i as u64));
+                        return Err(format!(
+                            "GRANT account {}: {r}{}",
+                            first + i as u64,
+                            setup_hint(r)
+                        ));
                     }
                 }
                 first += (CHUNK * CONNS) as u64;
@@ -301,9 +168,19 @@ async fn grant_all(args: &Args, speller: &Speller, timeout: Duration) -> Result<
 
 async fn run(args: Args) -> Result<u8, String> {
     let timeout = Duration::from_secs_f64(args.timeout);
-    let speller = prepare(&args, timeout).await?;
+    if !args.quiet {
+        eprintln!("creditd-loadtest: {}", describe(&args));
+    }
+    let endpoint = Endpoint {
+        addr: args.addr.clone(),
+        auth: args.token.clone().map(|token| Auth {
+            user: args.user.clone(),
+            token,
+        }),
+    };
+    let speller = prepare(&args, &endpoint, timeout).await?;
     let t0 = Instant::now();
-    grant_all(&args, &speller, timeout).await?;
+    grant_all(&args, &endpoint, &speller, timeout).await?;
     let grant_s = t0.elapsed().as_secs_f64();
 
     let duration = match (args.duration, args.requests) {
@@ -311,17 +188,15 @@ async fn run(args: Args) -> Result<u8, String> {
         (None, Some(_)) => 86_400.0,
         (None, None) => 10.0,
     };
-    let show = !args.quiet && std::io::stderr().is_terminal();
-    if show {
+    if !args.quiet {
         eprintln!(
-            "granted {} accounts in {grant_s:.2} s; running {:?} {:?} against {} ({})",
+            "creditd-loadtest: granted {} credits to each of {} accounts in {grant_s:.2} s; ids start with {}",
+            args.grant,
             args.accounts,
-            args.workload,
-            args.mode,
-            args.addr,
             String::from_utf8_lossy(&speller.prefix)
         );
     }
+    let show_bar = !args.quiet && std::io::stderr().is_terminal();
 
     // Leave the connections time to connect before the first request.
     let start = Instant::now() + Duration::from_millis(200 + 2 * args.connections as u64);
@@ -369,7 +244,7 @@ async fn run(args: Args) -> Result<u8, String> {
         };
         let gen = Generator::new(wcfg.clone(), i as u32, args.seed);
         let fut = conn::run(
-            args.addr.clone(),
+            endpoint.clone(),
             cfg,
             speller.clone(),
             gen,
@@ -393,7 +268,7 @@ async fn run(args: Args) -> Result<u8, String> {
         None
     };
 
-    let bar = if show {
+    let bar = if show_bar {
         let total_ms = ((end - start).as_millis() as u64).max(1);
         let pb = ProgressBar::new(total_ms);
         pb.set_style(
@@ -488,12 +363,22 @@ async fn run(args: Args) -> Result<u8, String> {
         threads: args.threads,
         run_prefix: String::from_utf8_lossy(&speller.prefix).into_owned(),
     };
-    let mut report = Report::new(config, &stats, elapsed_s, dropped, errors);
+    let mut report = Report::new(
+        config,
+        &stats,
+        elapsed_s,
+        dropped,
+        errors,
+        args.max_error_rate,
+    );
     if args.verify {
-        if show {
-            eprintln!("verifying {} accounts...", ledger.touched.len());
+        if !args.quiet {
+            eprintln!(
+                "creditd-loadtest: verifying {} accounts...",
+                ledger.touched.len()
+            );
         }
-        let v = verify::verify(&args.addr, &speller, ledger, args.grant, timeout).await?;
+        let v = verify::verify(&endpoint, &speller, ledger, args.grant, timeout).await?;
         report.verify = Some(v);
     }
     print!("{}", report.table());
@@ -501,12 +386,9 @@ async fn run(args: Args) -> Result<u8, String> {
         let text = serde_json::to_string_pretty(&report).map_err(|e| format!("json: {e}"))?;
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let verify_failed = report.verify.as_ref().is_some_and(|v| v.mismatches > 0);
-    Ok(if verify_failed {
-        2
-    } else if !report.connection_errors.is_empty() || report.requests == 0 {
-        1
-    } else {
-        0
-    })
+    let failures = report.failures();
+    for (_, why) in &failures {
+        eprintln!("creditd-loadtest: FAILED: {why}");
+    }
+    Ok(failures.first().map_or(0, |(code, _)| *code))
 }

@@ -116,6 +116,46 @@ impl Op {
     }
 }
 
+/// The command as creditd spells it, ids without the run prefix
+/// (`RESERVE a7 h2.15 3 TTL 250`), for messages.
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = |tag: char, i: OpId| format!("{tag}{}.{}", i.conn, i.seq);
+        match *self {
+            Op::Grant { acct, amount } => write!(f, "GRANT a{acct} g{acct} {amount}"),
+            Op::Reserve {
+                acct,
+                hold,
+                amount,
+                ttl_ms,
+            } => {
+                write!(f, "RESERVE a{acct} {} {amount}", id('h', hold))?;
+                match ttl_ms {
+                    Some(ttl) => write!(f, " TTL {ttl}"),
+                    None => Ok(()),
+                }
+            }
+            Op::Capture { acct, hold, total } => {
+                write!(f, "CAPTURE a{acct} {} {total}", id('h', hold))
+            }
+            Op::Commit { acct, hold, total } => {
+                write!(f, "COMMIT a{acct} {}", id('h', hold))?;
+                match total {
+                    Some(total) => write!(f, " {total}"),
+                    None => Ok(()),
+                }
+            }
+            Op::Release { acct, hold } => write!(f, "RELEASE a{acct} {}", id('h', hold)),
+            Op::Debit {
+                acct,
+                id: debit,
+                amount,
+            } => write!(f, "DEBIT a{acct} {} {amount}", id('d', debit)),
+            Op::Balance { acct } => write!(f, "BALANCE a{acct}"),
+        }
+    }
+}
+
 /// Which server the run talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
@@ -416,6 +456,23 @@ mod tests {
             spell(TargetKind::Creditd, op),
             "*6\r\n$7\r\nRESERVE\r\n$5\r\nr1:a7\r\n$8\r\nr1:h2.15\r\n$1\r\n3\r\n$3\r\nTTL\r\n$3\r\n250\r\n"
         );
+    }
+
+    #[test]
+    fn display_reads_like_the_command() {
+        let op = Op::Reserve {
+            acct: 7,
+            hold: OpId { conn: 2, seq: 15 },
+            amount: 3,
+            ttl_ms: Some(250),
+        };
+        assert_eq!(op.to_string(), "RESERVE a7 h2.15 3 TTL 250");
+        let op = Op::Commit {
+            acct: 7,
+            hold: OpId { conn: 2, seq: 15 },
+            total: None,
+        };
+        assert_eq!(op.to_string(), "COMMIT a7 h2.15");
     }
 
     #[test]

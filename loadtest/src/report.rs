@@ -1,6 +1,6 @@
 //! The summary: a table on stdout and the same figures as JSON.
 
-use crate::conn::Stats;
+use crate::conn::{ErrorTally, Stats};
 use crate::ops::KINDS;
 use crate::verify::VerifyReport;
 use hdrhistogram::Histogram;
@@ -76,8 +76,15 @@ pub struct Report {
     /// Measured requests (replies to requests intended after the warmup).
     pub requests: u64,
     pub ok: u64,
-    /// Error replies by code (first word of the error).
-    pub errors: BTreeMap<String, u64>,
+    /// Error replies by code (first word of the error): how many, how many of
+    /// them the workload does not expect, and the first distinct messages.
+    pub errors: BTreeMap<String, ErrorTally>,
+    /// Error replies the workload does not expect, of every code.
+    pub unexpected_errors: u64,
+    /// `unexpected_errors / requests`, a fraction.
+    pub unexpected_error_rate: f64,
+    /// `--max-error-rate`, a fraction: above it the run fails.
+    pub max_error_rate: f64,
     pub elapsed_s: f64,
     pub throughput_ops_s: f64,
     /// Overall latency; open loop: from each request's intended send time.
@@ -98,6 +105,7 @@ impl Report {
         elapsed_s: f64,
         dropped: u64,
         connection_errors: Vec<String>,
+        max_error_rate: f64,
     ) -> Report {
         let requests = stats.all.len();
         let mut by_command = BTreeMap::new();
@@ -119,6 +127,13 @@ impl Report {
             requests,
             ok: stats.ok,
             errors: stats.errors.clone(),
+            unexpected_errors: stats.unexpected_errors,
+            unexpected_error_rate: if requests > 0 {
+                stats.unexpected_errors as f64 / requests as f64
+            } else {
+                0.0
+            },
+            max_error_rate,
             elapsed_s,
             throughput_ops_s: if elapsed_s > 0.0 {
                 (requests as f64 / elapsed_s).round()
@@ -132,6 +147,54 @@ impl Report {
             connection_errors,
             verify: None,
         }
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.values().map(|t| t.count).sum()
+    }
+
+    /// Why the run failed, each with its exit status, the most serious first:
+    /// 2 `--verify` found the server's state wrong; 1 the run broke
+    /// (connection errors, no replies); 3 more unexpected error replies than
+    /// `--max-error-rate` allows. Empty: it passed.
+    pub fn failures(&self) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        if let Some(v) = self.verify.as_ref().filter(|v| v.mismatches > 0) {
+            out.push((2, format!("--verify found {} mismatches", v.mismatches)));
+        }
+        if !self.connection_errors.is_empty() {
+            out.push((
+                1,
+                format!(
+                    "{} connections failed, the first: {}",
+                    self.connection_errors.len(),
+                    self.connection_errors[0]
+                ),
+            ));
+        }
+        if self.requests == 0 {
+            out.push((1, "no replies were measured".to_string()));
+        }
+        if self.unexpected_error_rate > self.max_error_rate {
+            let codes: Vec<String> = self
+                .errors
+                .iter()
+                .filter(|(_, t)| t.unexpected > 0)
+                .map(|(code, t)| format!("{code} {}", t.unexpected))
+                .collect();
+            out.push((
+                3,
+                format!(
+                    "unexpected error replies: {} of {} ({}), above --max-error-rate {} ({}; the error table shows their messages)",
+                    self.unexpected_errors,
+                    self.requests,
+                    percent(self.unexpected_error_rate),
+                    percent(self.max_error_rate),
+                    codes.join(", ")
+                ),
+            ));
+        }
+        out
     }
 
     pub fn table(&self) -> String {
@@ -157,7 +220,7 @@ impl Report {
             self.elapsed_s,
             self.throughput_ops_s,
             self.ok,
-            self.errors.values().sum::<u64>(),
+            self.error_count(),
             if self.dropped > 0 {
                 format!("  dropped {}", self.dropped)
             } else {
@@ -180,7 +243,7 @@ impl Report {
             &mut s,
             "all",
             self.requests,
-            self.errors.values().sum(),
+            self.error_count(),
             &self.latency_us,
         );
         if self.by_command.len() > 1 {
@@ -196,10 +259,29 @@ impl Report {
             );
         }
         if !self.errors.is_empty() {
-            let _ = writeln!(s, "\nerrors by code:");
-            for (code, n) in &self.errors {
-                let _ = writeln!(s, "  {code:<14} {n}");
+            let _ = writeln!(
+                s,
+                "\nerror replies by code, with their first distinct messages:"
+            );
+            for (code, t) in &self.errors {
+                let kind = match t.unexpected {
+                    0 => "expected refusals".to_string(),
+                    n if n == t.count => "unexpected".to_string(),
+                    n => format!("{n} unexpected"),
+                };
+                let _ = writeln!(s, "  {code:<14} {:>10}  {kind}", t.count);
+                for m in &t.messages {
+                    let _ = writeln!(s, "      {m}");
+                }
             }
+            let _ = writeln!(
+                s,
+                "unexpected error replies {} of {} ({}), --max-error-rate {}",
+                self.unexpected_errors,
+                self.requests,
+                percent(self.unexpected_error_rate),
+                percent(self.max_error_rate)
+            );
         }
         if !self.connection_errors.is_empty() {
             let _ = writeln!(s, "\nconnection errors ({}):", self.connection_errors.len());
@@ -244,5 +326,26 @@ impl Report {
             }
         }
         s
+    }
+}
+
+/// A fraction as a percentage, without trailing zeros: 0.001 -> `0.1%`.
+pub fn percent(fraction: f64) -> String {
+    let text = format!("{:.4}", fraction * 100.0);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_reads_plainly() {
+        assert_eq!(percent(0.001), "0.1%");
+        assert_eq!(percent(0.9), "90%");
+        assert_eq!(percent(0.0), "0%");
+        assert_eq!(percent(1.0), "100%");
+        assert_eq!(percent(0.000_012_3), "0.0012%");
     }
 }

@@ -16,7 +16,7 @@
 //! An account with a request whose reply never came (lost connection) is skipped
 //! for `spent` and `held` (counted as indeterminate).
 
-use crate::client::Client;
+use crate::client::Endpoint;
 use crate::ops::{Op, Speller};
 use crate::workload::Ledger;
 use serde::Serialize;
@@ -63,7 +63,7 @@ const SLACK: Duration = Duration::from_millis(3);
 const WAIT_FOR_TTL: Duration = Duration::from_secs(60);
 
 pub async fn verify(
-    addr: &str,
+    endpoint: &Endpoint,
     speller: &Speller,
     ledger: Ledger,
     granted: u64,
@@ -101,7 +101,7 @@ pub async fn verify(
     let mut accounts: Vec<u32> = ledger.touched.iter().copied().collect();
     accounts.sort_unstable();
 
-    let mut client = Client::connect(addr, timeout).await?;
+    let mut client = endpoint.connect(timeout).await?;
     for chunk in accounts.chunks(1000) {
         for &acct in chunk {
             speller.encode(&mut client.enc, &Op::Balance { acct });

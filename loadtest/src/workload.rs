@@ -96,6 +96,39 @@ pub enum Tag {
     Retry(Reply),
 }
 
+/// How the workload judges a reply: what `--max-error-rate` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyClass {
+    Success,
+    /// A refusal the workload provokes itself and the ledger accounts for:
+    /// `INSUFFICIENT` to a RESERVE, a DEBIT or a COMMIT above its hold once the
+    /// credits `--grant` gave an account run out. The server is right to refuse,
+    /// and a refusal changes nothing, so `--verify` still holds.
+    ExpectedRefusal,
+    /// Any other error reply: the run did not measure what it meant to
+    /// (`NOAUTH`, `NOPERM`, `BUSY`, `ERR too many open holds`, ...) or the server
+    /// is wrong (`CONFLICT` or `NOTFOUND` for ids this client made, an error to a
+    /// retry of a command that succeeded).
+    UnexpectedError,
+}
+
+impl ReplyClass {
+    pub fn of(op: &Op, tag: &Tag, reply: &Reply) -> ReplyClass {
+        let Some(code) = reply.error_code() else {
+            return ReplyClass::Success;
+        };
+        let may_run_out = matches!(
+            op,
+            Op::Reserve { .. } | Op::Debit { .. } | Op::Commit { .. }
+        );
+        if code == "INSUFFICIENT" && may_run_out && !matches!(tag, Tag::Retry(_)) {
+            ReplyClass::ExpectedRefusal
+        } else {
+            ReplyClass::UnexpectedError
+        }
+    }
+}
+
 /// An open hold as the client knows it.
 #[derive(Debug, Clone, Copy)]
 pub struct HoldRec {
@@ -352,17 +385,26 @@ impl Generator {
         self.recent.push_back((op, reply.clone()));
     }
 
-    /// Books a reply: the ledger, the flow's next step, retry checks.
-    pub fn on_reply(&mut self, op: &Op, tag: Tag, reply: &Reply, sent: Instant, now: Instant) {
+    /// Books a reply: the ledger, the flow's next step, retry checks. Returns
+    /// how the workload judges it.
+    pub fn on_reply(
+        &mut self,
+        op: &Op,
+        tag: Tag,
+        reply: &Reply,
+        sent: Instant,
+        now: Instant,
+    ) -> ReplyClass {
+        let class = ReplyClass::of(op, &tag, reply);
         if let Tag::Retry(expected) = tag {
             self.ledger.retries_checked += 1;
             if *reply != expected {
                 self.ledger.retry_mismatches += 1;
                 self.ledger.note(format!(
-                    "retry of {op:?} replied {reply}, the first reply was {expected}"
+                    "retry of {op} replied {reply}, the first reply was {expected}"
                 ));
             }
-            return;
+            return class;
         }
         let ok = !matches!(reply, Reply::Error(_));
         if ok {
@@ -376,6 +418,7 @@ impl Generator {
         if let Tag::Step(slot) = tag {
             self.advance(slot, op, reply, ok);
         }
+        class
     }
 
     /// Updates the ledger for a successful reply.
@@ -578,6 +621,54 @@ mod tests {
         assert!(g.ledger.spent.values().sum::<u64>() > 0);
         // Flows never pile up: each has at most one step outstanding.
         assert!(g.flows.len() < 4, "{} flow slots", g.flows.len());
+    }
+
+    #[test]
+    fn only_running_out_of_credits_is_an_expected_refusal() {
+        let hold = OpId { conn: 0, seq: 1 };
+        let reserve = Op::Reserve {
+            acct: 1,
+            hold,
+            amount: 5,
+            ttl_ms: None,
+        };
+        let capture = Op::Capture {
+            acct: 1,
+            hold,
+            total: 2,
+        };
+        let err = |m: &str| Reply::Error(m.to_string());
+        let insufficient = err("INSUFFICIENT need 5 available 2");
+        assert_eq!(
+            ReplyClass::of(&reserve, &Tag::Single, &Reply::Int(5)),
+            ReplyClass::Success
+        );
+        assert_eq!(
+            ReplyClass::of(&reserve, &Tag::Step(0), &insufficient),
+            ReplyClass::ExpectedRefusal
+        );
+        // A retry must repeat the first (successful) reply.
+        assert_eq!(
+            ReplyClass::of(&reserve, &Tag::Retry(Reply::Int(5)), &insufficient),
+            ReplyClass::UnexpectedError
+        );
+        // Captures stay within the hold: nothing to run out of.
+        assert_eq!(
+            ReplyClass::of(&capture, &Tag::Step(0), &insufficient),
+            ReplyClass::UnexpectedError
+        );
+        for message in [
+            "ERR too many open holds on this account (limit 5)",
+            "NOPERM this user has no permissions to run the 'reserve' command",
+            "BUSY persistence is behind",
+            "CONFLICT hold id was used with other arguments",
+        ] {
+            assert_eq!(
+                ReplyClass::of(&reserve, &Tag::Single, &err(message)),
+                ReplyClass::UnexpectedError,
+                "{message}"
+            );
+        }
     }
 
     #[test]
