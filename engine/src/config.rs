@@ -144,6 +144,9 @@ pub struct Settings {
     pub redis_stream_maxlen: u64,
     /// Take a snapshot after this many journal records, bounding recovery time.
     pub snapshot_every_records: u64,
+    /// Length of the lease by which one creditd owns a Redis keyspace; a
+    /// dead owner's lease lapses after this long.
+    pub cluster_lease_ms: u64,
 }
 
 impl Default for Settings {
@@ -159,6 +162,7 @@ impl Default for Settings {
             redis_max_pending: 1_000_000,
             redis_stream_maxlen: 1_000_000,
             snapshot_every_records: 1_000_000,
+            cluster_lease_ms: 3_000,
         }
     }
 }
@@ -253,7 +257,7 @@ fn bad<T>(key: &str, message: impl Into<String>) -> R<T> {
     })
 }
 
-const SETTINGS_KEYS: [&str; 10] = [
+const SETTINGS_KEYS: [&str; 11] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -264,8 +268,9 @@ const SETTINGS_KEYS: [&str; 10] = [
     "redis_max_pending",
     "redis_stream_maxlen",
     "snapshot_every_records",
+    "cluster_lease_ms",
 ];
-const TOP_KEYS: [&str; 13] = [
+const TOP_KEYS: [&str; 14] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -276,6 +281,7 @@ const TOP_KEYS: [&str; 13] = [
     "redis_max_pending",
     "redis_stream_maxlen",
     "snapshot_every_records",
+    "cluster_lease_ms",
     "skus",
     "plans",
     "tokens",
@@ -346,6 +352,7 @@ fn settings(top: &Table) -> R<Settings> {
             "snapshot_every_records" => {
                 s.snapshot_every_records = int_in(v, key, 1, i64::MAX as u64, "")?
             }
+            "cluster_lease_ms" => s.cluster_lease_ms = int_in(v, key, 100, 600_000, "")?,
             _ => unreachable!("every settings key is handled"),
         }
     }
@@ -970,7 +977,7 @@ role = "gateway"
             "creditd.toml: hold_ttl: unknown key (did you mean hold_ttl_ms?); expected one of: \
              hold_ttl_ms, idempotency_window_ms, max_holds_per_account, max_buckets_per_account, \
              history_per_account, max_ids_per_account, max_clients, redis_max_pending, \
-             redis_stream_maxlen, snapshot_every_records, skus, plans, tokens"
+             redis_stream_maxlen, snapshot_every_records, cluster_lease_ms, skus, plans, tokens"
         );
         let e = err("[skus.\"image/x\"]\nunit = \"image\"\ncredit = 80");
         assert_eq!(e.key, "skus.\"image/x\".credit");
