@@ -2,6 +2,8 @@
 //! real `creditd` binary, each on free loopback ports, in temp dirs.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -66,14 +68,21 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts one with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: TempDir::new("redis"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.restart();
         server
@@ -89,6 +98,7 @@ impl RedisServer {
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", ""])
                 .args(["--appendonly", "no"])
+                .args(&self.extra)
                 .arg("--dir")
                 .arg(self.dir.path())
                 .stdout(Stdio::null())
@@ -167,6 +177,11 @@ impl Creditd {
         c
     }
 
+    /// Replaces the arguments the next `restart` passes (after the data dir).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts again (after `kill9`), on new ports, same data dir and args.
     pub fn restart(&mut self) {
         kill9(&mut self.child);
@@ -202,6 +217,11 @@ impl Creditd {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -257,6 +277,68 @@ impl Drop for Creditd {
     fn drop(&mut self) {
         kill9(&mut self.child);
     }
+}
+
+/// Runs creditd on `data_dir` with `args` expecting it to refuse to start:
+/// waits (at most `timeout`) for it to exit and returns its exit code and
+/// what it logged. Panics if it starts serving or does not exit.
+pub fn start_refused(data_dir: &Path, args: &[&str], timeout: Duration) -> (i32, String) {
+    let log = data_dir.with_extension("refused.log");
+    let _ = fs::remove_file(&log);
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("create log"))
+        .spawn()
+        .expect("spawn creditd");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if Instant::now() >= deadline || is_creditd(port) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("creditd did not refuse to start:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+/// A field of `INFO persistence` as text.
+pub fn info_text(conn: &mut redis::Connection, field: &str) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query(conn)
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
+        .trim()
+        .to_string()
+}
+
+/// Sends SIGSTOP (`pause`) or SIGCONT to a process.
+pub fn signal(pid: u32, pause: bool) {
+    let sig = if pause { "-STOP" } else { "-CONT" };
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
 }
 
 /// A numeric field of `INFO persistence`.
