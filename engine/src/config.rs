@@ -147,6 +147,9 @@ pub struct Settings {
     pub redis_stream_maxlen: u64,
     /// Take a snapshot after this many journal records, bounding recovery time.
     pub snapshot_every_records: u64,
+    /// Length of the lease by which one creditd owns a Redis keyspace; a
+    /// dead owner's lease lapses after this long.
+    pub cluster_lease_ms: u64,
 }
 
 impl Default for Settings {
@@ -163,6 +166,7 @@ impl Default for Settings {
             redis_max_pending: 1_000_000,
             redis_stream_maxlen: 1_000_000,
             snapshot_every_records: 1_000_000,
+            cluster_lease_ms: 3_000,
         }
     }
 }
@@ -257,7 +261,7 @@ fn bad<T>(key: &str, message: impl Into<String>) -> R<T> {
     })
 }
 
-const SETTINGS_KEYS: [&str; 11] = [
+const SETTINGS_KEYS: [&str; 12] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -269,8 +273,9 @@ const SETTINGS_KEYS: [&str; 11] = [
     "redis_stream_maxlen",
     "snapshot_every_records",
     "max_accounts",
+    "cluster_lease_ms",
 ];
-const TOP_KEYS: [&str; 14] = [
+const TOP_KEYS: [&str; 15] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -282,6 +287,7 @@ const TOP_KEYS: [&str; 14] = [
     "redis_stream_maxlen",
     "snapshot_every_records",
     "max_accounts",
+    "cluster_lease_ms",
     "skus",
     "plans",
     "tokens",
@@ -398,6 +404,7 @@ fn settings(top: &Table) -> R<Settings> {
             "snapshot_every_records" => {
                 s.snapshot_every_records = int_in(v, key, 1, i64::MAX as u64, "")?
             }
+            "cluster_lease_ms" => s.cluster_lease_ms = int_in(v, key, 100, 600_000, "")?,
             _ => unreachable!("every settings key is handled"),
         }
     }
@@ -1022,7 +1029,8 @@ role = "gateway"
             "creditd.toml: hold_ttl: unknown key (did you mean hold_ttl_ms?); expected one of: \
              hold_ttl_ms, idempotency_window_ms, max_holds_per_account, max_buckets_per_account, \
              history_per_account, max_ids_per_account, max_clients, redis_max_pending, \
-             redis_stream_maxlen, snapshot_every_records, max_accounts, skus, plans, tokens"
+             redis_stream_maxlen, snapshot_every_records, max_accounts, cluster_lease_ms, \
+             skus, plans, tokens"
         );
         let e = err("[skus.\"image/x\"]\nunit = \"image\"\ncredit = 80");
         assert_eq!(e.key, "skus.\"image/x\".credit");

@@ -41,8 +41,13 @@ pub trait WriteBehindStatus: Send + Sync {
     fn pending(&self) -> u64;
     /// Age of the oldest unwritten change, in ms.
     fn lag_ms(&self) -> u64;
-    /// Past the backlog bound: mutations are refused.
-    fn over_bound(&self) -> bool;
+    /// Why mutations must be refused now (`-BUSY`, and `/readyz` 503), if
+    /// they must: the lease on Redis is not held, or the backlog is over its bound.
+    fn refusal(&self) -> Option<String>;
+    /// Appends its `INFO persistence` lines (`key:value\r\n`).
+    fn write_info(&self, out: &mut String);
+    /// Sets its counters and gauges (before `/metrics` renders).
+    fn export_metrics(&self);
 }
 
 pub struct App {
@@ -63,16 +68,14 @@ pub struct App {
 }
 
 impl App {
-    /// Applies a mutation unless persistence is past its bound.
+    /// Applies a mutation unless persistence refuses writes now (`-BUSY`).
     pub fn execute(&self, account: &[u8], m: &Mutation) -> Result<Outcome, EngineError> {
         if let Some(problem) = self.journal.write_problem() {
             return Err(EngineError::Busy(format!("{problem}; retry later")));
         }
         if let Some(redis) = self.redis.read().as_ref() {
-            if redis.over_bound() {
-                return Err(EngineError::Busy(
-                    "the Redis write-behind backlog is over its bound, retry later".into(),
-                ));
+            if let Some(reason) = redis.refusal() {
+                return Err(EngineError::Busy(format!("{reason}, retry later")));
             }
         }
         self.engine.execute(account, m)
@@ -155,15 +158,7 @@ impl App {
         if !self.journal.has_capacity() {
             return Some("the journal is behind its bound".into());
         }
-        if let Some(redis) = self.redis.read().as_ref() {
-            if redis.over_bound() {
-                return Some(format!(
-                    "the Redis write-behind backlog ({} changes) is over its bound",
-                    redis.pending()
-                ));
-            }
-        }
-        None
+        self.redis.read().as_ref().and_then(|redis| redis.refusal())
     }
 
     /// INFO text, Redis style (`# Section` headers, `key:value` lines).
@@ -209,7 +204,7 @@ impl App {
             let (connected, pending, lag_ms) = self.redis_status();
             let _ = write!(
                 s,
-                "# Persistence\r\nloading:{}\r\njournal_fsync:{}\r\njournal_last_seq:{}\r\njournal_durable_seq:{}\r\njournal_bytes_written:{}\r\njournal_writes:{}\r\njournal_fsyncs:{}\r\njournal_segments:{}\r\njournal_pending_bytes:{}\r\njournal_writer_failed:{}\r\nwrite_errors:{}\r\nredis_enabled:{}\r\nredis_connected:{}\r\nredis_pending:{}\r\nredis_lag_ms:{}\r\n\r\n",
+                "# Persistence\r\nloading:{}\r\njournal_fsync:{}\r\njournal_last_seq:{}\r\njournal_durable_seq:{}\r\njournal_bytes_written:{}\r\njournal_writes:{}\r\njournal_fsyncs:{}\r\njournal_segments:{}\r\njournal_pending_bytes:{}\r\njournal_writer_failed:{}\r\nwrite_errors:{}\r\nredis_enabled:{}\r\nredis_connected:{}\r\nredis_pending:{}\r\nredis_lag_ms:{}\r\n",
                 (!self.health.ready.load(Ordering::Acquire)) as u8,
                 self.opts.fsync.as_str(),
                 js.last_seq,
@@ -226,6 +221,10 @@ impl App {
                 pending,
                 lag_ms,
             );
+            if let Some(redis) = self.redis.read().as_ref() {
+                redis.write_info(&mut s);
+            }
+            s.push_str("\r\n");
         }
         if want("accounts") {
             let es = self.engine.stats();

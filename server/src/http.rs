@@ -74,6 +74,9 @@ fn refresh_gauges(app: &App) {
     gauge!("creditd_redis_connected").set(connected as u8 as f64);
     gauge!("creditd_redis_pending").set(pending as f64);
     gauge!("creditd_redis_lag_seconds").set(lag_ms as f64 / 1e3);
+    if let Some(redis) = app.redis.read().as_ref() {
+        redis.export_metrics();
+    }
     gauge!("creditd_ready").set(app.not_ready_reason().is_none() as u8 as f64);
     // INFO's own counters, so INFO and /metrics never disagree.
     let stats = &app.stats;

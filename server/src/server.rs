@@ -12,7 +12,9 @@ use crate::cli::{Fsync, Options};
 use crate::datadir::DataDirLock;
 use crate::http::{self, ProbeState};
 use crate::metrics::Metrics;
+use crate::node::NodeIdentity;
 use crate::persist::{self, JournalSlot};
+use crate::writebehind::{self, dependency};
 use creditd_engine::clock::{wall_clock_ms, Clock, SystemClock, TestClock};
 use creditd_engine::journal::{FsyncMode, JournalEvent};
 use creditd_engine::Engine;
@@ -84,14 +86,23 @@ async fn serve(
         Arc::new(Engine::new(config, clock, slot.clone()).track_dirty(opts.redis.is_some()));
 
     // With --redis, recovery starts from what Redis holds, before the journal
-    // is opened: the journal then replays only what Redis lacks (records an
-    // account already reflects are skipped by its applied_seq) and continues
-    // numbering after the highest version in Redis.
+    // is opened (after taking the lease on the Redis keyspace): the journal
+    // then replays only what Redis lacks (records an account already reflects
+    // are skipped by its applied_seq) and continues numbering after the
+    // highest version in Redis. Without it, a data dir whose state came partly
+    // from Redis is refused.
     let mut loaded = None;
     if let Some(url) = &opts.redis {
-        *probes.recovering_reason.lock() = "loading state from Redis".into();
+        *probes.recovering_reason.lock() =
+            "taking the Redis lease, loading state from Redis".into();
         let started = Instant::now();
-        let l = crate::writebehind::load(&engine, url).await?;
+        let lease_ms = engine.catalog().config.settings.cluster_lease_ms;
+        let l = tokio::task::block_in_place(|| {
+            let node = NodeIdentity::load_or_create(&opts.data_dir)?;
+            let l = writebehind::load(&engine, url, &node, lease_ms)?;
+            dependency::check_with_redis(&opts.data_dir, &writebehind::shown(url), l.redis_seq())?;
+            Ok::<_, String>(l)
+        })?;
         tracing::info!(
             accounts = l.accounts,
             min_next_seq = l.base.min_next_seq,
@@ -100,6 +111,8 @@ async fn serve(
         );
         *probes.recovering_reason.lock() = "recovering".into();
         loaded = Some(l);
+    } else {
+        dependency::check_without_redis(&opts.data_dir)?;
     }
     let base = loaded.as_mut().map(|l| std::mem::take(&mut l.base));
 
@@ -125,6 +138,15 @@ async fn serve(
         }
         recovery?
     };
+    if let (Some(l), Some(url)) = (&loaded, &opts.redis) {
+        dependency::record_if_arisen(
+            &opts.data_dir,
+            &writebehind::shown(url),
+            l.redis_seq(),
+            recovery.report.last_seq + 1,
+            l.holds_other_nodes_state(),
+        )?;
+    }
     if let Some((file, offset)) = &recovery.report.torn_tail {
         tracing::warn!(file = %file.display(), offset, "cut off a torn last journal record (it was never acknowledged)");
     }
@@ -190,7 +212,7 @@ async fn serve(
         }));
     }
     if let Some(loaded) = loaded {
-        crate::writebehind::start(app.clone(), loaded)?;
+        writebehind::start(app.clone(), loaded)?;
     }
 
     reload_on_hangup(app.clone(), hangups);
@@ -230,7 +252,7 @@ async fn serve(
     stop.store(true, Ordering::Release);
     let _ = sweeper.join();
     let _ = snapshotter.join();
-    crate::writebehind::stop(&app).await;
+    writebehind::stop(&app).await;
     app.journal
         .shutdown()
         .map_err(|e| format!("journal flush failed at shutdown: {e}"))?;
@@ -374,6 +396,7 @@ fn spawn_snapshotter(
                 match persist::take_snapshot(&app.engine, &app.journal) {
                     Ok((first_seq, bytes)) => {
                         last = seq;
+                        writebehind::snapshot_taken(&app, first_seq);
                         tracing::info!(
                             first_seq,
                             bytes,

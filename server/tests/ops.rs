@@ -237,38 +237,40 @@ struct WildcardServer {
 }
 
 impl WildcardServer {
-    /// Starts on `0.0.0.0:<free port>` (another port if a parallel test took it).
+    /// Starts on `0.0.0.0:0` (the kernel picks the port; creditd records it
+    /// in its data dir's lock file).
     fn start(dir: &std::path::Path, config: &std::path::Path, extra: &[&str]) -> WildcardServer {
         let log = dir.join("creditd.log");
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
-                .args(["--listen", &format!("0.0.0.0:{port}")])
-                .args(["--http", &format!("127.0.0.1:{}", free_port())])
-                .arg("--config")
-                .arg(config)
-                .arg("--data-dir")
-                .arg(dir.join("data"))
-                .args(extra)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while std::time::Instant::now() < deadline {
-                if let Some(status) = child.try_wait().unwrap() {
-                    eprintln!("creditd on port {port} exited ({status}); trying another port");
-                    break;
-                }
+        let data = dir.join("data");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
+            .args(["--listen", "0.0.0.0:0", "--http", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "creditd exited ({status}); log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if let Some((port, _)) = listening_ports(&data, child.id()) {
                 if is_creditd(port) {
                     return WildcardServer { child, port, log };
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "creditd did not start on a wildcard address; log:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()

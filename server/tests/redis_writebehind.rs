@@ -1,6 +1,7 @@
 //! Redis write-behind against a real `redis-server` and the real binary:
-//! state reaches Redis, Redis alone restores a lost data dir, an outage is
-//! ridden out and drained, and the backlog bound answers -BUSY.
+//! state reaches Redis, Redis alone restores a lost data dir, an outage
+//! shorter than the lease is ridden out and drained, and the backlog bound
+//! answers -BUSY.
 
 mod common;
 mod redis_support;
@@ -261,11 +262,23 @@ impl Load {
     }
 }
 
+/// An outage shorter than the lease (`cluster_lease_ms`; longer ones answer
+/// -BUSY, see redis_lease.rs).
 #[test]
 fn a_redis_outage_is_ridden_out_and_drained() {
     let mut redis = RedisServer::start();
     let dir = TempDir::new("outage");
-    let creditd = Creditd::start(&dir.path().join("data"), &["--redis", &redis.url()]);
+    let config = dir.path().join("creditd.toml");
+    std::fs::write(&config, "cluster_lease_ms = 60000\n").unwrap();
+    let creditd = Creditd::start(
+        &dir.path().join("data"),
+        &[
+            "--redis",
+            &redis.url(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
     let mut c = creditd.conn();
     let accounts: Vec<String> = (0..8).map(|i| format!("acct{i}")).collect();
     for a in &accounts {

@@ -298,3 +298,35 @@ fn plan_is_subscribe_and_plan_none_is_unsubscribe_under_names_no_client_treats_a
         "{stderr}"
     );
 }
+
+#[test]
+fn an_unreachable_redis_is_tried_for_the_documented_10_s_then_the_start_fails() {
+    // A port nobody listens on: bound and released by this test.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = temp_dir("noredis").join("data");
+    let mut creditd = Command::new(env!("CARGO_BIN_EXE_creditd"));
+    creditd
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--redis")
+        .arg(format!("redis://127.0.0.1:{port}/0"));
+    let started = Instant::now();
+    let (success, stderr) = run_to_exit(creditd, Duration::from_secs(30));
+    let took = started.elapsed();
+    assert!(!success, "{stderr}");
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+    assert!(
+        took >= Duration::from_millis(9_500) && took < Duration::from_secs(20),
+        "gave up after {took:?}"
+    );
+}

@@ -41,6 +41,11 @@ pub fn is_creditd(port: u16) -> bool {
 /// file, once it listens.
 pub fn listening_ports(data_dir: &Path, pid: u32) -> Option<(u16, u16)> {
     let text = std::fs::read_to_string(data_dir.join("creditd.lock")).ok()?;
+    // The file is rewritten in place: trust it only once it is whole (its
+    // last line, `http=`, ends with a newline).
+    if !text.ends_with('\n') || !text.contains("\nhttp=") {
+        return None;
+    }
     let field = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))

@@ -2,6 +2,8 @@
 //! real `creditd` binary, each on free loopback ports, in temp dirs.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A loopback port nobody listens on right now.
-pub use crate::common::{free_port, is_creditd};
+pub use crate::common::{free_port, is_creditd, listening_ports};
 
 /// Polls `f` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -66,54 +68,84 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts one with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port: 0,
             dir: TempDir::new("redis"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        server.restart();
-        server
+        // redis-server cannot bind port 0 and say which it got: try free
+        // ports until one is ours (a parallel test may take one first).
+        for _ in 0..20 {
+            server.port = free_port();
+            if server.try_start(Duration::from_secs(5)) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 20 free ports");
     }
 
     /// Starts (again) on the same port, empty.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(Duration::from_secs(10)),
+            "redis-server did not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Starts on `self.port`, retrying while the port is still held, until
+    /// `limit`; true once the server answering there is the one spawned.
+    fn try_start(&mut self, limit: Duration) -> bool {
         kill9(&mut self.child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
         loop {
             let mut child = Command::new("redis-server")
                 .args(["--port", &self.port.to_string()])
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", ""])
                 .args(["--appendonly", "no"])
+                .args(&self.extra)
                 .arg("--dir")
                 .arg(self.dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server is installed (apt-get install redis-server)");
-            if wait_until(Duration::from_secs(5), || self.ping()) {
+            let pid = child.id();
+            if wait_until(Duration::from_secs(5), || self.answers_as(pid)) {
                 self.child = Some(child);
-                return;
+                return true;
             }
-            // Port still held (a previous server not gone yet): try again.
+            // Port still held (a previous server not gone yet, or another
+            // test's): try again.
             let _ = child.kill();
             let _ = child.wait();
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            if Instant::now() >= deadline {
+                return false;
+            }
         }
     }
 
-    fn ping(&self) -> bool {
+    /// Is the redis-server on our port the process `pid`?
+    fn answers_as(&self, pid: u32) -> bool {
         let Ok(client) = redis::Client::open(self.url()) else {
             return false;
         };
-        client
+        let info = client
             .get_connection_with_timeout(Duration::from_millis(200))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()
+            .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
+        info.is_ok_and(|text| text.contains(&format!("process_id:{pid}\r\n")))
     }
 
     pub fn url(&self) -> String {
@@ -167,21 +199,22 @@ impl Creditd {
         c
     }
 
+    /// Replaces the arguments the next `restart` passes (after the data dir).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts again (after `kill9`), on new ports, same data dir and args.
     pub fn restart(&mut self) {
         kill9(&mut self.child);
-        self.port = free_port();
-        self.http = free_port();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("open creditd log");
+        // Ports the kernel picks, learnt from the data dir's lock file.
         let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{}", self.http))
+            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
@@ -189,19 +222,27 @@ impl Creditd {
             .stderr(log)
             .spawn()
             .expect("spawn creditd");
-        let port = self.port;
+        let pid = child.id();
+        let mut ports = None;
         let started = wait_until(Duration::from_secs(20), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("creditd exited with {status}:\n{}", self.log_text());
             }
-            is_creditd(port)
+            ports = listening_ports(&self.data_dir, pid).filter(|p| is_creditd(p.0));
+            ports.is_some()
         });
+        (self.port, self.http) = ports.unwrap_or((0, 0));
         self.child = Some(child);
         assert!(started, "creditd did not start:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -257,6 +298,65 @@ impl Drop for Creditd {
     fn drop(&mut self) {
         kill9(&mut self.child);
     }
+}
+
+/// Runs creditd on `data_dir` with `args` expecting it to refuse to start:
+/// waits (at most `timeout`) for it to exit and returns its exit code and
+/// what it logged. Panics if it starts serving or does not exit.
+pub fn start_refused(data_dir: &Path, args: &[&str], timeout: Duration) -> (i32, String) {
+    let log = data_dir.with_extension("refused.log");
+    let _ = fs::remove_file(&log);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_creditd"))
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("create log"))
+        .spawn()
+        .expect("spawn creditd");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let serving = listening_ports(data_dir, child.id()).is_some();
+        if Instant::now() >= deadline || serving {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("creditd did not refuse to start:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code().unwrap_or(-1),
+        fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+/// A field of `INFO persistence` as text.
+pub fn info_text(conn: &mut redis::Connection, field: &str) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query(conn)
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
+        .trim()
+        .to_string()
+}
+
+/// Sends SIGSTOP (`pause`) or SIGCONT to a process.
+pub fn signal(pid: u32, pause: bool) {
+    let sig = if pause { "-STOP" } else { "-CONT" };
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
 }
 
 /// A numeric field of `INFO persistence`.
