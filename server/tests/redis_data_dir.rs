@@ -6,38 +6,10 @@
 mod common;
 mod redis_support;
 
-use redis::{Connection, RedisResult};
-use redis_support::{info_field, start_refused, wait_until, Creditd, RedisServer, TempDir};
-use std::collections::HashMap;
+use redis_support::{
+    balance, cmd, int, start_refused, wait_drained, wait_until, Creditd, RedisServer, TempDir,
+};
 use std::time::Duration;
-
-fn cmd<T: redis::FromRedisValue>(conn: &mut Connection, args: &[&str]) -> RedisResult<T> {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(conn)
-}
-
-fn int(conn: &mut Connection, args: &[&str]) -> i64 {
-    cmd(conn, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn balance(conn: &mut Connection, account: &str) -> HashMap<String, i64> {
-    cmd(conn, &["BALANCE", account]).unwrap()
-}
-
-fn wait_drained(creditd: &Creditd) {
-    let mut conn = creditd.conn();
-    assert!(
-        wait_until(Duration::from_secs(10), || info_field(
-            &mut conn,
-            "redis_pending"
-        ) == 0),
-        "the write-behind did not drain:\n{}",
-        creditd.log_text()
-    );
-}
 
 /// Runs a creditd with `--redis` until Redis holds an account with an open
 /// hold, then loses its data dir (kill -9, directory removed).
@@ -46,7 +18,7 @@ fn redis_with_state(redis: &RedisServer, creditd: &mut Creditd) {
     assert_eq!(int(&mut c, &["GRANT", "acme", "pack-1", "1000"]), 1000);
     assert_eq!(int(&mut c, &["RESERVE", "acme", "job-1", "200"]), 200);
     assert_eq!(int(&mut c, &["GRANT", "other", "g", "5"]), 5);
-    wait_drained(creditd);
+    wait_drained(creditd, Duration::from_secs(10));
     creditd.kill9();
     std::fs::remove_dir_all(&creditd.data_dir).unwrap();
     let _ = redis;
@@ -106,7 +78,7 @@ fn a_data_dir_that_holds_everything_starts_without_redis() {
     let mut c = creditd.conn();
     assert_eq!(int(&mut c, &["GRANT", "acme", "pack-1", "1000"]), 1000);
     assert_eq!(int(&mut c, &["RESERVE", "acme", "job-1", "200"]), 200);
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
     creditd.terminate();
     // Restarted with Redis (Redis holds state, the journal has all of it).
     creditd.restart();
@@ -130,7 +102,7 @@ fn a_data_dir_that_holds_everything_starts_without_redis() {
     creditd.restart();
     let mut c = creditd.conn();
     assert_eq!(balance(&mut c, "acme"), acme);
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
     let mut r = redis.conn();
     let available: i64 = cmd(&mut r, &["HGET", "creditd:acct:acme", "available"]).unwrap();
     assert_eq!(available, acme["available"]);

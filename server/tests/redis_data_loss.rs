@@ -5,53 +5,12 @@
 mod common;
 mod redis_support;
 
-use redis::{Connection, RedisResult};
-use redis_support::{info_field, wait_until, Creditd, RedisServer, TempDir};
+use redis_support::{
+    balance, cmd, info_field, int, redis_balance, wait_drained, wait_until, Creditd, RedisServer,
+    TempDir,
+};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-fn cmd<T: redis::FromRedisValue>(conn: &mut Connection, args: &[&str]) -> RedisResult<T> {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(conn)
-}
-
-fn int(conn: &mut Connection, args: &[&str]) -> i64 {
-    cmd(conn, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn balance(conn: &mut Connection, account: &str) -> HashMap<String, i64> {
-    cmd(conn, &["BALANCE", account]).unwrap()
-}
-
-/// The five balance fields of `creditd:acct:<account>` in Redis.
-fn redis_balance(redis: &mut Connection, account: &str) -> HashMap<String, i64> {
-    let fields = ["available", "held", "spent", "expired", "granted"];
-    let values: Vec<Option<i64>> = redis::cmd("HMGET")
-        .arg(format!("creditd:acct:{account}"))
-        .arg(&fields[..])
-        .query(redis)
-        .unwrap();
-    fields
-        .iter()
-        .zip(values)
-        .filter_map(|(f, v)| v.map(|v| (f.to_string(), v)))
-        .collect()
-}
-
-fn wait_drained(creditd: &Creditd) {
-    let mut conn = creditd.conn();
-    assert!(
-        wait_until(Duration::from_secs(10), || info_field(
-            &mut conn,
-            "redis_pending"
-        ) == 0),
-        "the write-behind did not drain:\n{}",
-        creditd.log_text()
-    );
-}
 
 /// Polls (up to `timeout`) until Redis holds every account with the balance
 /// creditd reports; returns how long it took.
@@ -109,7 +68,7 @@ fn a_flushall_while_connected_is_noticed_and_everything_is_written_again() {
             assert_eq!(int(&mut c, &["RESERVE", a, "job-1", "5"]), 5);
         }
     }
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
     let expected: HashMap<String, HashMap<String, i64>> = accounts
         .iter()
         .map(|a| (a.clone(), balance(&mut c, a)))
@@ -149,7 +108,7 @@ fn a_flushall_while_connected_is_noticed_and_everything_is_written_again() {
     expected.insert("acct-0".into(), balance(&mut c, "acct-0"));
     wait_redis_matches(&creditd, &redis, &expected, Duration::from_secs(6));
     assert_eq!(info_field(&mut c, "redis_data_loss_events"), 2);
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
 
     // The machine is lost: Redis alone restores every account, and a retried
     // GRANT applies nothing.
@@ -178,13 +137,13 @@ fn a_failover_to_a_stale_copy_is_noticed_and_written_again() {
     for a in &accounts {
         assert_eq!(int(&mut c, &["GRANT", a, "g-1", "100"]), 100);
     }
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
     let mut r = redis.conn();
     let _: () = cmd(&mut r, &["SAVE"]).unwrap();
     for a in &accounts {
         assert_eq!(int(&mut c, &["GRANT", a, "g-2", "10"]), 110);
     }
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
     let _: () = cmd(&mut r, &["DEBUG", "RELOAD", "NOSAVE"]).unwrap();
     assert_eq!(
         redis_balance(&mut r, "s-0")["available"],

@@ -14,21 +14,13 @@ mod redis_support;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::{Connection, RedisResult};
+use redis::Connection;
 use redis_support::proxy::Proxy;
-use redis_support::{info_field, wait_until, Creditd, RedisServer, TempDir};
+use redis_support::{cmd, info_field, wait_until, Creditd, RedisServer, TempDir};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn cmd<T: redis::FromRedisValue>(conn: &mut Connection, args: &[&str]) -> RedisResult<T> {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(conn)
-}
 
 const ACCOUNTS: usize = 12;
 /// Rounds of faults per seed: each round cuts every connection, flushes the

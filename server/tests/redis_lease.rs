@@ -5,30 +5,15 @@
 mod common;
 mod redis_support;
 
-use redis::{Connection, RedisResult};
+use redis::Connection;
 use redis_support::proxy::Proxy;
 use redis_support::{
-    info_field, info_text, signal, start_refused, wait_until, Creditd, RedisServer, TempDir,
+    balance, cmd, info_field, info_text, int, signal, start_refused, wait_drained, wait_until,
+    Creditd, RedisServer, TempDir,
 };
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn cmd<T: redis::FromRedisValue>(conn: &mut Connection, args: &[&str]) -> RedisResult<T> {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(conn)
-}
-
-fn int(conn: &mut Connection, args: &[&str]) -> i64 {
-    cmd(conn, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn balance(conn: &mut Connection, account: &str) -> HashMap<String, i64> {
-    cmd(conn, &["BALANCE", account]).unwrap()
-}
 
 fn redis_available(redis: &mut Connection, account: &str) -> Option<i64> {
     cmd(
@@ -36,18 +21,6 @@ fn redis_available(redis: &mut Connection, account: &str) -> Option<i64> {
         &["HGET", &format!("creditd:acct:{account}"), "available"],
     )
     .unwrap()
-}
-
-fn wait_drained(creditd: &Creditd) {
-    let mut conn = creditd.conn();
-    assert!(
-        wait_until(Duration::from_secs(10), || info_field(
-            &mut conn,
-            "redis_pending"
-        ) == 0),
-        "the write-behind did not drain:\n{}",
-        creditd.log_text()
-    );
 }
 
 /// A config file with this lease length.
@@ -74,7 +47,7 @@ fn a_second_creditd_refuses_while_the_first_holds_the_lease_and_takes_over_after
     let mut first = Creditd::start(&first_dir, &args);
     let mut c = first.conn();
     assert_eq!(int(&mut c, &["GRANT", "a", "g-1", "100"]), 100);
-    wait_drained(&first);
+    wait_drained(&first, Duration::from_secs(10));
     assert_eq!(info_text(&mut c, "redis_lease"), "held");
     let first_epoch = info_field(&mut c, "redis_lease_epoch");
 
@@ -91,7 +64,7 @@ fn a_second_creditd_refuses_while_the_first_holds_the_lease_and_takes_over_after
 
     // The first one kept its lease and writes on.
     assert_eq!(int(&mut c, &["GRANT", "a", "g-2", "1"]), 101);
-    wait_drained(&first);
+    wait_drained(&first, Duration::from_secs(10));
     let mut r = redis.conn();
     assert_eq!(redis_available(&mut r, "a"), Some(101));
     assert_eq!(info_text(&mut c, "redis_lease"), "held");
@@ -130,7 +103,7 @@ fn a_restart_on_the_same_data_dir_takes_its_own_lease_back_at_once() {
     let mut c = creditd.conn();
     assert_eq!(balance(&mut c, "a")["available"], 100);
     assert_eq!(int(&mut c, &["GRANT", "a", "g-2", "1"]), 101);
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
 }
 
 #[test]
@@ -147,7 +120,7 @@ fn a_paused_creditd_never_overwrites_its_successor() {
     );
     let mut c1 = first.conn();
     assert_eq!(int(&mut c1, &["GRANT", "a", "g-1", "100"]), 100);
-    wait_drained(&first);
+    wait_drained(&first, Duration::from_secs(10));
 
     // Held back: changes that give its write of `a` a later version than
     // anything the successor will write.
@@ -170,7 +143,7 @@ fn a_paused_creditd_never_overwrites_its_successor() {
     let mut c2 = second.conn();
     assert_eq!(balance(&mut c2, "a")["available"], 100);
     assert_eq!(int(&mut c2, &["GRANT", "a", "g-3", "7"]), 107);
-    wait_drained(&second);
+    wait_drained(&second, Duration::from_secs(10));
 
     // The paused one's write arrives now: refused inside Redis by the fence.
     proxy.release();
@@ -209,7 +182,7 @@ fn a_paused_creditd_never_overwrites_its_successor() {
         "the paused one's history never reached the stream: {entries:?}"
     );
     assert_eq!(int(&mut c2, &["GRANT", "a", "g-5", "1"]), 108);
-    wait_drained(&second);
+    wait_drained(&second, Duration::from_secs(10));
     assert_eq!(redis_available(&mut r, "a"), Some(108));
     assert_eq!(info_text(&mut c2, "redis_lease"), "held");
 }
@@ -225,7 +198,7 @@ fn an_outage_longer_than_the_lease_answers_busy_until_redis_is_back() {
     );
     let mut c = creditd.conn();
     assert_eq!(int(&mut c, &["GRANT", "a", "g-1", "100"]), 100);
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
 
     // Nobody else can be sure this process is gone: once its lease lapses,
     // it stops taking changes.
@@ -252,7 +225,7 @@ fn an_outage_longer_than_the_lease_answers_busy_until_redis_is_back() {
     );
     assert_eq!(int(&mut c, &["DEBIT", "a", "after", "1"]), 1);
     let available = balance(&mut c, "a")["available"];
-    wait_drained(&creditd);
+    wait_drained(&creditd, Duration::from_secs(10));
     let mut r = redis.conn();
     assert!(wait_until(Duration::from_secs(6), || redis_available(
         &mut r, "a"

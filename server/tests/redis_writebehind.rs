@@ -6,53 +6,15 @@
 mod common;
 mod redis_support;
 
-use redis::{Connection, RedisResult, Value};
-use redis_support::{info_field, wait_until, Creditd, RedisServer, TempDir};
+use redis::{Connection, Value};
+use redis_support::{
+    balance, cmd, info_field, int, redis_balance, wait_drained, wait_until, Creditd, RedisServer,
+    TempDir,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn cmd<T: redis::FromRedisValue>(conn: &mut Connection, args: &[&str]) -> RedisResult<T> {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(conn)
-}
-
-fn int(conn: &mut Connection, args: &[&str]) -> i64 {
-    cmd(conn, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn balance(conn: &mut Connection, account: &str) -> HashMap<String, i64> {
-    cmd(conn, &["BALANCE", account]).unwrap()
-}
-
-/// The five balance fields of `creditd:acct:<account>` in Redis.
-fn redis_balance(redis: &mut Connection, account: &str) -> HashMap<String, i64> {
-    let fields = ["available", "held", "spent", "expired", "granted"];
-    let values: Vec<Option<i64>> = redis::cmd("HMGET")
-        .arg(format!("creditd:acct:{account}"))
-        .arg(&fields[..])
-        .query(redis)
-        .unwrap();
-    fields
-        .iter()
-        .zip(values)
-        .filter_map(|(f, v)| v.map(|v| (f.to_string(), v)))
-        .collect()
-}
-
-fn wait_drained(creditd: &Creditd, timeout: Duration) {
-    let mut conn = creditd.conn();
-    assert!(
-        wait_until(timeout, || info_field(&mut conn, "redis_pending") == 0),
-        "the write-behind did not drain (pending {}):\n{}",
-        info_field(&mut conn, "redis_pending"),
-        creditd.log_text()
-    );
-}
 
 #[test]
 fn state_and_audit_stream_reach_redis() {

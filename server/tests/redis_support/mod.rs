@@ -372,3 +372,57 @@ pub fn info_field(conn: &mut redis::Connection, field: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Runs a command with redis-rs, typed as the caller asks.
+pub fn cmd<T: redis::FromRedisValue>(
+    conn: &mut redis::Connection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(conn)
+}
+
+/// Runs a command expected to reply with an integer.
+pub fn int(conn: &mut redis::Connection, args: &[&str]) -> i64 {
+    cmd(conn, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// BALANCE as a field map.
+pub fn balance(
+    conn: &mut redis::Connection,
+    account: &str,
+) -> std::collections::HashMap<String, i64> {
+    cmd(conn, &["BALANCE", account]).unwrap()
+}
+
+/// The five balance fields of `creditd:acct:<account>` in Redis.
+pub fn redis_balance(
+    redis: &mut redis::Connection,
+    account: &str,
+) -> std::collections::HashMap<String, i64> {
+    let fields = ["available", "held", "spent", "expired", "granted"];
+    let values: Vec<Option<i64>> = redis::cmd("HMGET")
+        .arg(format!("creditd:acct:{account}"))
+        .arg(&fields[..])
+        .query(redis)
+        .unwrap();
+    fields
+        .iter()
+        .zip(values)
+        .filter_map(|(f, v)| v.map(|v| (f.to_string(), v)))
+        .collect()
+}
+
+/// Waits (at most `timeout`) until the write-behind has nothing pending.
+pub fn wait_drained(creditd: &Creditd, timeout: Duration) {
+    let mut conn = creditd.conn();
+    assert!(
+        wait_until(timeout, || info_field(&mut conn, "redis_pending") == 0),
+        "the write-behind did not drain (pending {}):\n{}",
+        info_field(&mut conn, "redis_pending"),
+        creditd.log_text()
+    );
+}
