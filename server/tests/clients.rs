@@ -13,7 +13,7 @@ mod redis_support;
 use common::Creditd;
 use redis_support::RedisServer;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN_TOKEN: &str = "matrix-admin";
@@ -39,7 +39,7 @@ fn python() -> PathBuf {
     assert!(
         python.exists(),
         "{} is missing: run scripts/test (it makes the venv and installs redis-py \
-         from clients/python/requirements.txt), or cargo test after it",
+         from clients/python/requirements.txt)",
         python.display()
     );
     python
@@ -103,9 +103,9 @@ fn start_busy_creditd() -> BusyCreditd {
     }
 }
 
-/// Runs `cmd` to the end (bounded by [`SCRIPT_TIMEOUT`]) and asserts it
-/// exits 0; its output is printed, and shown in the failure.
-fn run_script(what: &str, mut cmd: Command) {
+/// Runs `cmd` from the repository root for at most `limit`: its exit status
+/// (None: still running at `limit`, then killed) and its output.
+fn run_bounded(mut cmd: Command, limit: Duration) -> (Option<ExitStatus>, String) {
     let out_path = common::temp_dir("script").join("output");
     let out = std::fs::File::create(&out_path).expect("output file");
     let mut child = cmd
@@ -114,8 +114,8 @@ fn run_script(what: &str, mut cmd: Command) {
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break Some(status);
@@ -127,7 +127,16 @@ fn run_script(what: &str, mut cmd: Command) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+    )
+}
+
+/// Runs a script to the end and asserts it exits 0; its output is printed,
+/// and shown in the failure.
+fn run_script(what: &str, cmd: Command) {
+    let (status, output) = run_bounded(cmd, SCRIPT_TIMEOUT);
     println!("{what}:\n{output}");
     match status {
         Some(s) if s.success() => {}
@@ -166,4 +175,109 @@ fn ioredis_and_node_redis() {
     token_args(&mut cmd, server.port);
     cmd.arg("--busy-port").arg(busy.creditd.port.to_string());
     run_script("clients/node/matrix.js", cmd);
+}
+
+fn gateway_args(cmd: &mut Command, port: u16) {
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .args(["--gateway-token", GATEWAY_TOKEN])
+        .args(["--admin-token", ADMIN_TOKEN]);
+}
+
+#[test]
+fn python_gateway_example_runs() {
+    let python = python();
+    let server = start_creditd();
+    let mut cmd = Command::new(python);
+    cmd.arg("clients/python/gateway.py");
+    gateway_args(&mut cmd, server.port);
+    run_script("clients/python/gateway.py", cmd);
+}
+
+#[test]
+fn node_gateway_example_runs() {
+    let Some(node) = node() else { return };
+    let server = start_creditd();
+    let mut cmd = Command::new(node);
+    cmd.arg("clients/node/gateway.js");
+    gateway_args(&mut cmd, server.port);
+    run_script("clients/node/gateway.js", cmd);
+}
+
+/// The gateway pages include the example files verbatim, so the code a
+/// reader copies is the code the tests above run.
+#[test]
+fn gateway_docs_include_the_examples_verbatim() {
+    let root = repo_root();
+    for (doc, file, lang) in [
+        (
+            "docs/clients/python.md",
+            "clients/python/gateway.py",
+            "python",
+        ),
+        ("docs/clients/node.md", "clients/node/gateway.js", "js"),
+    ] {
+        let doc_text = std::fs::read_to_string(root.join(doc)).expect(doc);
+        let code = std::fs::read_to_string(root.join(file)).expect(file);
+        let block = format!("```{lang}\n{code}```\n");
+        assert!(
+            doc_text.contains(&block),
+            "{doc} must include {file} verbatim in a ```{lang} block: copy the file into \
+             the page's example block"
+        );
+    }
+}
+
+/// redis-cli treats SUBSCRIBE as Pub/Sub and waits for messages after the
+/// reply; PLAN, the same command, returns like any other.
+#[test]
+fn redis_cli_plan_returns_where_subscribe_waits() {
+    let server = start_creditd();
+    let redis_cli = |args: &[&str]| {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &server.port.to_string()])
+            .args([
+                "--user",
+                "default",
+                "--pass",
+                ADMIN_TOKEN,
+                "--no-auth-warning",
+            ])
+            .args(args);
+        cmd
+    };
+    let plan = |args: &[&str]| {
+        let (status, output) = run_bounded(redis_cli(args), SCRIPT_TIMEOUT);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "redis-cli {args:?} ({status:?}; scripts/test installs redis-tools):\n{output}"
+        );
+        output.trim().to_string()
+    };
+    assert_eq!(plan(&["PLAN", "cli", "pro", "SEATS", "2"]), "1000");
+    assert_eq!(plan(&["PLAN", "cli", "NONE"]), "OK");
+
+    // SUBSCRIBE is applied, and redis-cli keeps waiting for messages.
+    let mut cli = redis_cli(&["SUBSCRIBE", "cli-sub", "pro"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    let mut c = server.client();
+    common::cmd(&mut c, &["AUTH", ADMIN_TOKEN]).expect("AUTH");
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    while common::balance(&mut c, "cli-sub")[0] != 500 {
+        assert!(
+            Instant::now() < deadline,
+            "redis-cli SUBSCRIBE was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time enough to read the reply and exit, which it does not.
+    std::thread::sleep(Duration::from_millis(500));
+    let waiting = cli.try_wait().expect("wait").is_none();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    assert!(waiting, "redis-cli SUBSCRIBE returned after the reply");
 }
