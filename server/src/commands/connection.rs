@@ -189,8 +189,11 @@ pub fn command(_: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
     Ok(Flow::Done)
 }
 
+/// One command's entry as Redis 7 lays it out: name, arity, flags, first
+/// key, last key, step, ACL categories, tips, key specs, subcommands. Clients
+/// read all ten (redis-py's RESP3 parser fails on a shorter entry).
 fn write_info(out: &mut Vec<u8>, spec: &super::Spec) {
-    encode::array_header(out, 6);
+    encode::array_header(out, 10);
     encode::bulk_str(out, spec.name);
     encode::integer(out, spec.arity as i64);
     encode::array_header(out, 1);
@@ -205,4 +208,10 @@ fn write_info(out: &mut Vec<u8>, spec: &super::Spec) {
     encode::integer(out, k);
     encode::integer(out, k);
     encode::integer(out, k);
+    encode::array_header(out, 1);
+    encode::simple(out, if spec.write { "@write" } else { "@read" });
+    // No tips, key specs or subcommands.
+    for _ in 0..3 {
+        encode::array_header(out, 0);
+    }
 }
