@@ -447,7 +447,7 @@ async function errorCodes(v, r, tokens) {
   eq(`${w} RESERVE h1`, await r.call('RESERVE', a, 'h1', 10), 10);
   eq(`${w} COMMIT h1`, await r.call('COMMIT', a, 'h1'), 10);
   const cases = [
-    ['ERR bad number', ['RESERVE', a, 'e1', '-1'], 'ERR', /^value is not an integer or out of range$/],
+    ['ERR bad number', ['RESERVE', a, 'e1', '-1'], 'ERR', /^amount is not an integer or out of range$/],
     ['ERR unknown command', ['NOSUCH', a], 'ERR', /^unknown command 'NOSUCH'/],
     ['ERR SELECT 1', ['SELECT', 1], 'ERR', /^DB index is out of range$/],
     ['INSUFFICIENT', ['RESERVE', a, 'big', 1e12], 'INSUFFICIENT', /^need 1000000000000 available 990$/],

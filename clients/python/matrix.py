@@ -407,7 +407,7 @@ async def error_codes(v, r, tokens):
     c.eq(f"{w} COMMIT h1", await r.call("COMMIT", a, "h1"), 10)
 
     cases = [
-        ("ERR bad number", ["RESERVE", a, "e1", "-1"], "ERR", r"value is not an integer or out of range"),
+        ("ERR bad number", ["RESERVE", a, "e1", "-1"], "ERR", r"amount is not an integer or out of range"),
         ("ERR unknown command", ["NOSUCH", a], "ERR", r"unknown command 'NOSUCH'.*"),
         ("ERR SELECT 1", ["SELECT", 1], "ERR", r"DB index is out of range"),
         ("INSUFFICIENT", ["RESERVE", a, "big", 10**12], "INSUFFICIENT", r"need 1000000000000 available 990"),

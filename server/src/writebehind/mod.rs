@@ -142,10 +142,12 @@ impl WriteBehindStatus for Shared {
     fn refusal(&self) -> Option<String> {
         match self.lease.status() {
             LeaseStatus::Held => {}
-            LeaseStatus::Lapsed { for_ms } => {
-                return Some(format!(
-                    "the Redis lease lapsed {for_ms} ms ago and is not renewed yet (Redis unreachable, or this process was paused)"
-                ))
+            // Replies carry no changing numbers, so clients may compare
+            // messages; INFO has the figures.
+            LeaseStatus::Lapsed { .. } => {
+                return Some(
+                    "the Redis lease lapsed and is not renewed yet (Redis unreachable, or this process was paused)".into(),
+                )
             }
             LeaseStatus::Lost(reason) => {
                 return Some(format!(
@@ -155,8 +157,8 @@ impl WriteBehindStatus for Shared {
         }
         self.over_bound().then(|| {
             format!(
-                "the Redis write-behind backlog ({} changes) is over its bound",
-                self.pending()
+                "the Redis write-behind backlog is over its bound (redis_max_pending = {})",
+                self.max_pending.load(Ordering::Relaxed)
             )
         })
     }
