@@ -95,11 +95,16 @@ fn parse_address(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
-/// A Redis URL: `redis://[user:password@]host:port[/db]` (or `rediss://`,
+/// A Redis URL: `redis://[user:password@]host:port[/db]` (or
 /// `redis+unix://`, `unix://`). A bare `host:port` is refused with the form
-/// to use, rather than misread.
+/// to use, rather than misread; `rediss://` too, since this build has no TLS.
 fn parse_redis_url(text: &str) -> Result<String, String> {
-    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    const SCHEMES: [&str; 3] = ["redis://", "redis+unix://", "unix://"];
+    if text.starts_with("rediss://") {
+        return Err(
+            "rediss:// (TLS) is not supported by this build: use redis:// on a trusted network, or a TLS tunnel to Redis".into(),
+        );
+    }
     if SCHEMES.iter().any(|s| text.starts_with(s)) {
         return Ok(text.to_string());
     }
@@ -128,6 +133,8 @@ mod tests {
         assert!(parse_redis_url("redis://127.0.0.1:6379/0").is_ok());
         let e = parse_redis_url("127.0.0.1:6379").unwrap_err();
         assert!(e.contains("redis://127.0.0.1:6379/0"), "{e}");
+        let e = parse_redis_url("rediss://127.0.0.1:6379").unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
     }
 
     #[test]
