@@ -65,8 +65,10 @@ pub const ACCOUNT_PREFIX: &[u8] = b"creditd:acct:";
 pub const AUDIT_STREAM: &str = "creditd:audit";
 /// Writer metadata: `watermark`, `schema`, `node`, `updated_at_ms`.
 pub const META_KEY: &str = "creditd:meta";
-/// Version of the key schema, stored in `creditd:meta`.
-pub const SCHEMA: u64 = 1;
+/// Version of the key schema and of the account `state` encoding, stored in
+/// `creditd:meta`. 2: accounts carry their terms, buckets whether the plan
+/// made them, holds the TTL as sent, subscriptions a pending cancellation.
+pub const SCHEMA: u64 = 2;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
