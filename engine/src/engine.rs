@@ -18,7 +18,6 @@ use crate::history::HistoryEntry;
 use crate::id::{valid_id, Bytes, Id};
 use crate::pricing::SkuPrice;
 use crate::MAX_AMOUNT;
-use hashbrown::{hash_table, HashTable};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -28,83 +27,15 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod recovery;
+mod sink;
+mod table;
+
+pub use sink::{JournalSink, MemoryJournal};
+use table::AccountTable;
+
 /// Longest hold TTL accepted (contract §5: 1 to 86,400,000 ms).
 pub const MAX_HOLD_TTL_MS: u64 = 86_400_000;
-
-/// Where the engine puts its journal records. Implemented by the on-disk
-/// journal; tests and benchmarks use [`MemoryJournal`].
-pub trait JournalSink: Send + Sync {
-    /// False when too much is waiting for the disk: mutations are refused with BUSY.
-    fn has_capacity(&self) -> bool {
-        true
-    }
-    /// Appends one record, written by `write` into the journal's buffer.
-    /// Returns its sequence number. Called with a shard lock held: must be cheap.
-    fn append(&self, write: &mut dyn FnMut(&mut Vec<u8>)) -> u64;
-}
-
-impl JournalSink for crate::journal::Journal {
-    fn has_capacity(&self) -> bool {
-        crate::journal::Journal::has_capacity(self)
-    }
-    fn append(&self, write: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
-        crate::journal::Journal::append(self, write)
-    }
-}
-
-/// A journal that keeps nothing but a sequence number (and optionally the
-/// records, for tests that replay them).
-#[derive(Default)]
-pub struct MemoryJournal {
-    seq: AtomicU64,
-    keep: bool,
-    records: Mutex<Vec<(u64, Vec<u8>)>>,
-    scratch: Mutex<Vec<u8>>,
-}
-
-impl MemoryJournal {
-    /// A journal that discards records (benchmarks).
-    pub fn discarding() -> Self {
-        MemoryJournal::default()
-    }
-
-    /// A journal that keeps every record (replay tests).
-    pub fn keeping() -> Self {
-        MemoryJournal {
-            keep: true,
-            ..Default::default()
-        }
-    }
-
-    /// A journal that keeps `records` (a restarted process's data dir) and
-    /// numbers new ones after the last of them.
-    pub fn continuing(records: Vec<(u64, Vec<u8>)>) -> Self {
-        let last_seq = records.last().map_or(0, |(seq, _)| *seq);
-        MemoryJournal {
-            seq: AtomicU64::new(last_seq),
-            keep: true,
-            records: Mutex::new(records),
-            ..Default::default()
-        }
-    }
-
-    pub fn records(&self) -> Vec<(u64, Vec<u8>)> {
-        self.records.lock().clone()
-    }
-}
-
-impl JournalSink for MemoryJournal {
-    fn append(&self, write: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
-        let mut scratch = self.scratch.lock();
-        scratch.clear();
-        write(&mut scratch);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.keep {
-            self.records.lock().push((seq, scratch.clone()));
-        }
-        seq
-    }
-}
 
 /// The config as the engine uses it: limits plus priced skus with shared names.
 pub struct Catalog {
@@ -164,75 +95,6 @@ pub struct EngineStats {
     pub hold_expiries: u64,
     pub bucket_expiries: u64,
     pub renewals: u64,
-}
-
-/// A shard's accounts: a hash table of boxed accounts that carry their own
-/// key. Slots are one pointer (8 bytes, not 32 with the key beside it), so
-/// the table of 1M accounts is 16 MB rather than 64 and more of it stays in
-/// cache; the key is compared where the account is read anyway. The table is
-/// at most ~87 % full, often half: boxing keeps that slack small.
-#[derive(Default)]
-struct AccountTable {
-    table: HashTable<Box<Account>>,
-}
-
-impl AccountTable {
-    #[inline]
-    fn hash(id: &[u8]) -> u64 {
-        // Not the shard hasher's seed: its low bits pick the shard and would
-        // be the same for every key of this table.
-        const HASHER: foldhash::fast::FixedState =
-            foldhash::fast::FixedState::with_seed(0x6163_6374);
-        HASHER.hash_one(id)
-    }
-
-    #[inline]
-    fn get(&self, id: &[u8]) -> Option<&Account> {
-        self.table
-            .find(Self::hash(id), |a| a.key.as_bytes() == id)
-            .map(|a| &**a)
-    }
-
-    #[inline]
-    fn get_mut(&mut self, id: &[u8]) -> Option<&mut Account> {
-        self.table
-            .find_mut(Self::hash(id), |a| a.key.as_bytes() == id)
-            .map(|a| &mut **a)
-    }
-
-    fn contains_key(&self, id: &[u8]) -> bool {
-        self.get(id).is_some()
-    }
-
-    /// Inserts or replaces the account with `acct.key`; true if it is new.
-    fn insert(&mut self, acct: Box<Account>) -> bool {
-        let hash = Self::hash(&acct.key);
-        match self
-            .table
-            .entry(hash, |a| a.key == acct.key, |a| Self::hash(&a.key))
-        {
-            hash_table::Entry::Occupied(mut e) => {
-                *e.get_mut() = acct;
-                false
-            }
-            hash_table::Entry::Vacant(e) => {
-                e.insert(acct);
-                true
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Account> {
-        self.table.iter().map(|a| &**a)
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Account> {
-        self.table.iter_mut().map(|a| &mut **a)
-    }
 }
 
 #[derive(Default)]
@@ -785,218 +647,9 @@ impl Engine {
         self.shards.iter().map(|s| s.0.lock().dirty.len()).sum()
     }
 
-    // ----- recovery -----
-
-    /// Replays one journal record. Records an account already reflects (its
-    /// `applied_seq` is at or past `seq`) are skipped, which makes fuzzy
-    /// snapshots and Redis state safe to combine with the journal.
-    /// Returns the record's instant.
-    pub fn replay(&self, seq: u64, payload: &[u8]) -> std::result::Result<u64, String> {
-        let record = decode_record(payload)?;
-        let (at_ms, account, m, price, plan, terms, default_ttl_ms) = match record {
-            Record::Clock { at_ms } => return Ok(at_ms),
-            Record::Apply {
-                at_ms,
-                account,
-                mutation,
-                price,
-                plan,
-                terms,
-                default_ttl_ms,
-            } => (at_ms, account, mutation, price, plan, terms, default_ttl_ms),
-        };
-        if matches!(m, Mutation::Reserve { ttl_ms: None, .. }) && default_ttl_ms.is_none() {
-            return Err(format!("record {seq} (reserve) has no TTL"));
-        }
-        // What the record was decided under; the other limits (open holds,
-        // buckets) are not re-checked on replay.
-        let limits = Limits {
-            terms,
-            ..self.catalog().limits
-        };
-        let mut shard = self.shard_of(account.0).lock();
-        let shard = &mut *shard;
-        if !shard.accounts.contains_key(account.0) {
-            let fresh = Account::with_key(Id::new(account.0));
-            shard.accounts.insert(Box::new(fresh));
-            self.accounts.fetch_add(1, Ordering::Relaxed);
-        }
-        let acct = shard.accounts.get_mut(account.0).expect("inserted");
-        let id = acct.key.clone();
-        if seq <= acct.applied_seq {
-            return Ok(at_ms);
-        }
-        let now = acct.clamp_now(at_ms);
-        let holds_before = acct.open_holds() as u64;
-        let mut effects = Effects::default();
-        acct.advance(now, &mut effects);
-        let sku_name = match m {
-            Mutation::Reserve {
-                charge: Charge::Sku { sku, .. },
-                ..
-            }
-            | Mutation::Debit {
-                charge: Charge::Sku { sku, .. },
-                ..
-            } => Some(Arc::<str>::from(sku)),
-            _ => None,
-        };
-        let resolved = Resolved {
-            ttl_ms: reserve_ttl_ms(&m, default_ttl_ms),
-            price: sku_name.zip(price.map(|p| Arc::new(p.into_owned()))),
-            plan: plan.map(|p| Arc::new(p.into_owned())),
-        };
-        let mut ctx = Ctx {
-            now_ms: now,
-            limits: &limits,
-            replay: true,
-            effects: &mut effects,
-        };
-        match apply(acct, &mut ctx, &m, resolved) {
-            Ok(Applied::Changed(_)) => {}
-            Ok(Applied::Repeated(_)) => {
-                return Err(format!(
-                    "record {seq} ({}) changed nothing on replay: the journal and state disagree",
-                    m.name()
-                ))
-            }
-            Err(e) => return Err(format!("record {seq} ({}) failed on replay: {e}", m.name())),
-        }
-        acct.applied_seq = seq;
-        acct.terms = terms;
-        let next = acct.next_due_ms();
-        let queue = acct.queue_due(next);
-        shard.open_holds = shard.open_holds + acct.open_holds() as u64 - holds_before;
-        shard.add_effects(effects);
-        if queue {
-            shard.due.push(Reverse((next, id.clone())));
-        }
-        shard.mark_dirty(self.track_dirty, &id);
-        Ok(at_ms)
-    }
-
-    /// Serializes one shard (for a fuzzy snapshot: each shard is consistent
-    /// with itself; records after it are skipped on replay by `applied_seq`).
-    pub fn snapshot_shard(&self, index: usize, out: &mut Vec<u8>) {
-        let shard = self.shards[index].0.lock();
-        let part = ShardSnapshotRef {
-            accounts: shard.accounts.iter().map(|a| (Bytes(&a.key), a)).collect(),
-        };
-        let buf = std::mem::take(out);
-        *out = postcard::to_extend(&part, buf).expect("snapshot encodes");
-    }
-
-    /// Loads one serialized shard part (from any shard count). Every account
-    /// is checked; a broken invariant refuses the snapshot.
-    pub fn restore_shard(&self, bytes: &[u8]) -> std::result::Result<usize, String> {
-        let part: ShardSnapshotOwned =
-            postcard::from_bytes(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
-        let n = part.accounts.len();
-        for (id, acct) in part.accounts {
-            self.restore_account(&id, acct)?;
-        }
-        Ok(n)
-    }
-
-    /// Installs one account's state (from a snapshot or from Redis), unless
-    /// the engine already has a newer one.
-    pub fn restore_account(&self, id: &[u8], mut acct: Account) -> std::result::Result<(), String> {
-        acct.check()
-            .map_err(|e| format!("account {}: {e}", crate::id::show(id)))?;
-        let mut shard = self.shard_of(id).lock();
-        if let Some(existing) = shard.accounts.get(id) {
-            if existing.applied_seq >= acct.applied_seq {
-                return Ok(());
-            }
-        }
-        let key = Id::new(id);
-        shard.open_holds += acct.open_holds() as u64;
-        if let Some(old) = shard.accounts.get(id) {
-            shard.open_holds -= old.open_holds() as u64;
-        }
-        acct.queued_due_ms = NEVER;
-        let next = acct.next_due_ms();
-        if acct.queue_due(next) {
-            shard.due.push(Reverse((next, key.clone())));
-        }
-        acct.key = key;
-        if shard.accounts.insert(Box::new(acct)) {
-            self.accounts.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// The latest instant any account has seen (a restarted test clock
-    /// resumes no earlier).
-    pub fn latest_instant_ms(&self) -> u64 {
-        let mut latest = 0;
-        for shard in self.shards.iter() {
-            let shard = shard.0.lock();
-            for acct in shard.accounts.iter() {
-                latest = latest.max(acct.last_now_ms);
-            }
-        }
-        latest
-    }
-
-    /// Checks every account's invariants (after recovery).
-    pub fn check_all(&self) -> std::result::Result<(), String> {
-        for shard in self.shards.iter() {
-            let shard = shard.0.lock();
-            for acct in shard.accounts.iter() {
-                acct.check()
-                    .map_err(|e| format!("account {}: {e}", crate::id::show(&acct.key)))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Appends a clock record (the test clock moved).
     pub fn journal_clock(&self, at_ms: u64) -> u64 {
         self.journal
             .append(&mut |buf| Record::Clock { at_ms }.encode(buf))
-    }
-}
-
-#[derive(Serialize)]
-struct ShardSnapshotRef<'a> {
-    accounts: Vec<(Bytes<'a>, &'a Account)>,
-}
-
-#[derive(Deserialize)]
-struct ShardSnapshotOwned {
-    accounts: Vec<(serde_bytes_owned::ByteBuf, Account)>,
-}
-
-/// Owned bytes that deserialize from a byte string.
-mod serde_bytes_owned {
-    use serde::de::{Deserializer, Visitor};
-    use serde::Deserialize;
-    use std::fmt;
-    use std::ops::Deref;
-
-    pub struct ByteBuf(pub Vec<u8>);
-
-    impl Deref for ByteBuf {
-        type Target = [u8];
-        fn deref(&self) -> &[u8] {
-            &self.0
-        }
-    }
-
-    impl<'de> Deserialize<'de> for ByteBuf {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = ByteBuf;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("bytes")
-                }
-                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                    Ok(ByteBuf(v.to_vec()))
-                }
-            }
-            d.deserialize_bytes(V)
-        }
     }
 }

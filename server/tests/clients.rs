@@ -13,7 +13,7 @@ mod redis_support;
 use common::Creditd;
 use redis_support::RedisServer;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN_TOKEN: &str = "matrix-admin";
@@ -103,40 +103,11 @@ fn start_busy_creditd() -> BusyCreditd {
     }
 }
 
-/// Runs `cmd` from the repository root for at most `limit`: its exit status
-/// (None: still running at `limit`, then killed) and its output.
-fn run_bounded(mut cmd: Command, limit: Duration) -> (Option<ExitStatus>, String) {
-    let out_path = common::temp_dir("script").join("output");
-    let out = std::fs::File::create(&out_path).expect("output file");
-    let mut child = cmd
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status,
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-    )
-}
-
 /// Runs a script to the end and asserts it exits 0; its output is printed,
 /// and shown in the failure.
-fn run_script(what: &str, cmd: Command) {
-    let (status, output) = run_bounded(cmd, SCRIPT_TIMEOUT);
+fn run_script(what: &str, mut cmd: Command) {
+    cmd.current_dir(repo_root());
+    let (status, output) = common::run_bounded(cmd, SCRIPT_TIMEOUT);
     println!("{what}:\n{output}");
     match status {
         Some(s) if s.success() => {}
@@ -247,7 +218,9 @@ fn redis_cli_plan_returns_where_subscribe_waits() {
         cmd
     };
     let plan = |args: &[&str]| {
-        let (status, output) = run_bounded(redis_cli(args), SCRIPT_TIMEOUT);
+        let mut cli = redis_cli(args);
+        cli.current_dir(repo_root());
+        let (status, output) = common::run_bounded(cli, SCRIPT_TIMEOUT);
         assert!(
             status.is_some_and(|s| s.success()),
             "redis-cli {args:?} ({status:?}; scripts/test installs redis-tools):\n{output}"

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A config of settings plus a small rate card and two plans.
@@ -39,34 +39,13 @@ fn start(data: &Path, config: &Path, extra: &[&str]) -> Creditd {
     Creditd::start_in(data, &args)
 }
 
-/// Runs a process that should exit by itself: (success, stderr). One still
-/// running after `limit` is killed and counts as a failure to refuse.
-fn run_to_exit(mut command: Command, limit: Duration) -> (bool, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn creditd");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
+/// Runs a creditd that should refuse to start: (success, output). One
+/// still running after `limit` is killed and counts as a failure to refuse.
+fn run_to_exit(command: Command, limit: Duration) -> (bool, String) {
+    let (status, output) = run_bounded(command, limit);
     match status {
-        Some(status) => (status.success(), stderr),
-        None => (true, format!("still running after {limit:?}: {stderr}")),
+        Some(status) => (status.success(), output),
+        None => (true, format!("still running after {limit:?}: {output}")),
     }
 }
 

@@ -376,3 +376,32 @@ pub fn assert_conserved(b: [i64; 5]) {
         "conservation broken: {b:?}"
     );
 }
+
+/// Runs `cmd` for at most `limit`: its exit status (None: still running at
+/// `limit`, then killed) and its output (stdout and stderr together).
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> (Option<ExitStatus>, String) {
+    let out_path = temp_dir("run").join("output");
+    let out = std::fs::File::create(&out_path).expect("output file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("output file"))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,214 @@
+//! Recovery: replaying journal records, and snapshots of shards (taken
+//! fuzzily, restored from any shard count), with the invariant checks that
+//! refuse a state that does not add up.
+
+use super::*;
+
+impl Engine {
+    /// Replays one journal record. Records an account already reflects (its
+    /// `applied_seq` is at or past `seq`) are skipped, which makes fuzzy
+    /// snapshots and Redis state safe to combine with the journal.
+    /// Returns the record's instant.
+    pub fn replay(&self, seq: u64, payload: &[u8]) -> std::result::Result<u64, String> {
+        let record = decode_record(payload)?;
+        let (at_ms, account, m, price, plan, terms, default_ttl_ms) = match record {
+            Record::Clock { at_ms } => return Ok(at_ms),
+            Record::Apply {
+                at_ms,
+                account,
+                mutation,
+                price,
+                plan,
+                terms,
+                default_ttl_ms,
+            } => (at_ms, account, mutation, price, plan, terms, default_ttl_ms),
+        };
+        if matches!(m, Mutation::Reserve { ttl_ms: None, .. }) && default_ttl_ms.is_none() {
+            return Err(format!("record {seq} (reserve) has no TTL"));
+        }
+        // What the record was decided under; the other limits (open holds,
+        // buckets) are not re-checked on replay.
+        let limits = Limits {
+            terms,
+            ..self.catalog().limits
+        };
+        let mut shard = self.shard_of(account.0).lock();
+        let shard = &mut *shard;
+        if !shard.accounts.contains_key(account.0) {
+            let fresh = Account::with_key(Id::new(account.0));
+            shard.accounts.insert(Box::new(fresh));
+            self.accounts.fetch_add(1, Ordering::Relaxed);
+        }
+        let acct = shard.accounts.get_mut(account.0).expect("inserted");
+        let id = acct.key.clone();
+        if seq <= acct.applied_seq {
+            return Ok(at_ms);
+        }
+        let now = acct.clamp_now(at_ms);
+        let holds_before = acct.open_holds() as u64;
+        let mut effects = Effects::default();
+        acct.advance(now, &mut effects);
+        let sku_name = match m {
+            Mutation::Reserve {
+                charge: Charge::Sku { sku, .. },
+                ..
+            }
+            | Mutation::Debit {
+                charge: Charge::Sku { sku, .. },
+                ..
+            } => Some(Arc::<str>::from(sku)),
+            _ => None,
+        };
+        let resolved = Resolved {
+            ttl_ms: reserve_ttl_ms(&m, default_ttl_ms),
+            price: sku_name.zip(price.map(|p| Arc::new(p.into_owned()))),
+            plan: plan.map(|p| Arc::new(p.into_owned())),
+        };
+        let mut ctx = Ctx {
+            now_ms: now,
+            limits: &limits,
+            replay: true,
+            effects: &mut effects,
+        };
+        match apply(acct, &mut ctx, &m, resolved) {
+            Ok(Applied::Changed(_)) => {}
+            Ok(Applied::Repeated(_)) => {
+                return Err(format!(
+                    "record {seq} ({}) changed nothing on replay: the journal and state disagree",
+                    m.name()
+                ))
+            }
+            Err(e) => return Err(format!("record {seq} ({}) failed on replay: {e}", m.name())),
+        }
+        acct.applied_seq = seq;
+        acct.terms = terms;
+        let next = acct.next_due_ms();
+        let queue = acct.queue_due(next);
+        shard.open_holds = shard.open_holds + acct.open_holds() as u64 - holds_before;
+        shard.add_effects(effects);
+        if queue {
+            shard.due.push(Reverse((next, id.clone())));
+        }
+        shard.mark_dirty(self.track_dirty, &id);
+        Ok(at_ms)
+    }
+
+    /// Serializes one shard (for a fuzzy snapshot: each shard is consistent
+    /// with itself; records after it are skipped on replay by `applied_seq`).
+    pub fn snapshot_shard(&self, index: usize, out: &mut Vec<u8>) {
+        let shard = self.shards[index].0.lock();
+        let part = ShardSnapshotRef {
+            accounts: shard.accounts.iter().map(|a| (Bytes(&a.key), a)).collect(),
+        };
+        let buf = std::mem::take(out);
+        *out = postcard::to_extend(&part, buf).expect("snapshot encodes");
+    }
+
+    /// Loads one serialized shard part (from any shard count). Every account
+    /// is checked; a broken invariant refuses the snapshot.
+    pub fn restore_shard(&self, bytes: &[u8]) -> std::result::Result<usize, String> {
+        let part: ShardSnapshotOwned =
+            postcard::from_bytes(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+        let n = part.accounts.len();
+        for (id, acct) in part.accounts {
+            self.restore_account(&id, acct)?;
+        }
+        Ok(n)
+    }
+
+    /// Installs one account's state (from a snapshot or from Redis), unless
+    /// the engine already has a newer one.
+    pub fn restore_account(&self, id: &[u8], mut acct: Account) -> std::result::Result<(), String> {
+        acct.check()
+            .map_err(|e| format!("account {}: {e}", crate::id::show(id)))?;
+        let mut shard = self.shard_of(id).lock();
+        if let Some(existing) = shard.accounts.get(id) {
+            if existing.applied_seq >= acct.applied_seq {
+                return Ok(());
+            }
+        }
+        let key = Id::new(id);
+        shard.open_holds += acct.open_holds() as u64;
+        if let Some(old) = shard.accounts.get(id) {
+            shard.open_holds -= old.open_holds() as u64;
+        }
+        acct.queued_due_ms = NEVER;
+        let next = acct.next_due_ms();
+        if acct.queue_due(next) {
+            shard.due.push(Reverse((next, key.clone())));
+        }
+        acct.key = key;
+        if shard.accounts.insert(Box::new(acct)) {
+            self.accounts.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The latest instant any account has seen (a restarted test clock
+    /// resumes no earlier).
+    pub fn latest_instant_ms(&self) -> u64 {
+        let mut latest = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock();
+            for acct in shard.accounts.iter() {
+                latest = latest.max(acct.last_now_ms);
+            }
+        }
+        latest
+    }
+
+    /// Checks every account's invariants (after recovery).
+    pub fn check_all(&self) -> std::result::Result<(), String> {
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock();
+            for acct in shard.accounts.iter() {
+                acct.check()
+                    .map_err(|e| format!("account {}: {e}", crate::id::show(&acct.key)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct ShardSnapshotRef<'a> {
+    accounts: Vec<(Bytes<'a>, &'a Account)>,
+}
+
+#[derive(Deserialize)]
+struct ShardSnapshotOwned {
+    accounts: Vec<(serde_bytes_owned::ByteBuf, Account)>,
+}
+
+/// Owned bytes that deserialize from a byte string.
+mod serde_bytes_owned {
+    use serde::de::{Deserializer, Visitor};
+    use serde::Deserialize;
+    use std::fmt;
+    use std::ops::Deref;
+
+    pub struct ByteBuf(pub Vec<u8>);
+
+    impl Deref for ByteBuf {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}
