@@ -10,7 +10,7 @@
 use crate::bucket::{Bucket, BucketKind, NEVER};
 use crate::command::{Charge, Expiry, Usage};
 use crate::done::{DoneLog, Kind};
-use crate::error::{EngineError, Result};
+use crate::error::{Code, EngineError, IdOf, Result};
 use crate::history::{History, HistoryEntry, Op};
 use crate::hold::{ChargeArgs, ClosedHold, Hold, HoldOutcome, Portion};
 use crate::id::Id;
@@ -204,7 +204,7 @@ fn never() -> u64 {
 }
 
 fn insufficient(need: u64, available: u64) -> EngineError {
-    EngineError::Insufficient { need, available }
+    EngineError::insufficient(need, available)
 }
 
 impl Account {
@@ -601,9 +601,7 @@ impl Account {
         if let Some(done) = self.lookup_done(Kind::Grant, grant_id) {
             return match done {
                 Done::Grant { args: a, reply } if *a == args => Ok(Applied::Repeated(*reply)),
-                _ => Err(EngineError::Conflict(
-                    "grant id was used with other arguments".into(),
-                )),
+                _ => Err(EngineError::id_reused(IdOf::Grant)),
             };
         }
         debug_assert!(args.amount <= MAX_AMOUNT);
@@ -670,9 +668,7 @@ impl Account {
             return if h.charge.matches(&request) && same_ttl(h.ttl_given) {
                 Ok(Applied::Repeated(h.amount))
             } else {
-                Err(EngineError::Conflict(
-                    "hold id was used with other arguments".into(),
-                ))
+                Err(EngineError::id_reused(IdOf::Hold))
             };
         }
         if let Some(done) = self.lookup_done(Kind::Hold, hold_id) {
@@ -680,9 +676,7 @@ impl Account {
                 Done::Hold(c) if c.charge.matches(&request) && same_ttl(c.ttl_given) => {
                     Ok(Applied::Repeated(c.amount))
                 }
-                _ => Err(EngineError::Conflict(
-                    "hold id was used with other arguments".into(),
-                )),
+                _ => Err(EngineError::id_reused(IdOf::Hold)),
             };
         }
         if !ctx.replay && self.holds.len() >= ctx.limits.max_holds as usize {
@@ -720,15 +714,15 @@ impl Account {
     fn closed_hold_error(&self, hold_id: &[u8], verb: &str) -> EngineError {
         match self.lookup_done(Kind::Hold, hold_id) {
             Some(Done::Hold(c)) => match c.outcome {
-                HoldOutcome::Expired => EngineError::Expired("the hold expired".into()),
+                HoldOutcome::Expired => EngineError::new(Code::Expired, "the hold expired"),
                 HoldOutcome::Committed { .. } => {
-                    EngineError::Conflict(format!("cannot {verb}: the hold was committed"))
+                    EngineError::conflict(format!("cannot {verb}: the hold was committed"))
                 }
                 HoldOutcome::Released { .. } => {
-                    EngineError::Conflict(format!("cannot {verb}: the hold was released"))
+                    EngineError::conflict(format!("cannot {verb}: the hold was released"))
                 }
             },
-            _ => EngineError::NotFound("no such hold".into()),
+            _ => EngineError::not_found("no such hold"),
         }
     }
 
@@ -805,8 +799,8 @@ impl Account {
                     return if u == usage {
                         Ok(Applied::Repeated(total))
                     } else {
-                        Err(EngineError::Conflict(
-                            "the hold was committed with other arguments".into(),
+                        Err(EngineError::conflict(
+                            "the hold was committed with other arguments",
                         ))
                     };
                 }
@@ -853,11 +847,11 @@ impl Account {
                 Some(Done::Hold(c)) => match c.outcome {
                     HoldOutcome::Released { returned } => Ok(Applied::Repeated(returned)),
                     HoldOutcome::Expired => Ok(Applied::Repeated(0)),
-                    HoldOutcome::Committed { .. } => Err(EngineError::Conflict(
-                        "cannot release: the hold was committed".into(),
+                    HoldOutcome::Committed { .. } => Err(EngineError::conflict(
+                        "cannot release: the hold was committed",
                     )),
                 },
-                _ => Err(EngineError::NotFound("no such hold".into())),
+                _ => Err(EngineError::not_found("no such hold")),
             };
         };
         let returned = self.return_portions(ctx.limits.terms, &hold.portions, ctx.now_ms);
@@ -896,9 +890,7 @@ impl Account {
                 Done::Debit { args, reply } if args.matches(&request) => {
                     Ok(Applied::Repeated(*reply))
                 }
-                _ => Err(EngineError::Conflict(
-                    "debit id was used with other arguments".into(),
-                )),
+                _ => Err(EngineError::id_reused(IdOf::Debit)),
             };
         }
         let charge = price(self)?;
@@ -1041,7 +1033,7 @@ pub fn price_charge(charge: Charge, price: Option<(Arc<str>, Arc<SkuPrice>)>) ->
             })
         }
         (Charge::Sku { sku, .. }, None) => {
-            Err(EngineError::NotFound(format!("no such sku '{sku}'")))
+            Err(EngineError::not_found(format!("no such sku '{sku}'")))
         }
     }
 }

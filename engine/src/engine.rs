@@ -13,7 +13,7 @@ use crate::bucket::NEVER;
 use crate::clock::Clock;
 use crate::command::{decode_record, Charge, Mutation, Record};
 use crate::config::{Config, PlanTerms};
-use crate::error::{EngineError, Result};
+use crate::error::{Code, EngineError, Result};
 use crate::history::HistoryEntry;
 use crate::id::{valid_id, Bytes, Id};
 use crate::pricing::SkuPrice;
@@ -203,10 +203,10 @@ fn reserve_ttl_ms(m: &Mutation, default_ttl_ms: Option<u64>) -> u64 {
 /// Applies one mutation to one account. Shared by `execute` and `replay`.
 fn apply(acct: &mut Account, ctx: &mut Ctx, m: &Mutation, r: Resolved) -> Result<Applied> {
     let feature_ok = |acct: &Account, r: &Resolved| match &r.price {
-        Some((_, p)) if !acct.entitled(&p.feature) => Err(EngineError::NotEntitled(format!(
-            "the plan does not include '{}'",
-            p.feature
-        ))),
+        Some((_, p)) if !acct.entitled(&p.feature) => Err(EngineError::new(
+            Code::NotEntitled,
+            format!("the plan does not include '{}'", p.feature),
+        )),
         _ => Ok(()),
     };
     match *m {
@@ -254,7 +254,7 @@ fn apply(acct: &mut Account, ctx: &mut Ctx, m: &Mutation, r: Resolved) -> Result
         } => {
             let terms = r
                 .plan
-                .ok_or_else(|| EngineError::NotFound(format!("no such plan '{plan}'")))?;
+                .ok_or_else(|| EngineError::not_found(format!("no such plan '{plan}'")))?;
             acct.subscribe(ctx, plan, terms, seats, anchor_ms)
         }
         Mutation::Seats { seats } => acct.set_seats(ctx, seats),
@@ -328,7 +328,7 @@ impl Engine {
         let cat = self.catalog();
         let (_, price) = cat
             .sku(sku)
-            .ok_or_else(|| EngineError::NotFound(format!("no such sku '{sku}'")))?;
+            .ok_or_else(|| EngineError::not_found(format!("no such sku '{sku}'")))?;
         price
             .cost(qty)
             .map_err(|_| EngineError::invalid("amount out of range"))
@@ -338,8 +338,8 @@ impl Engine {
     pub fn execute(&self, account: &[u8], m: &Mutation) -> Result<Outcome> {
         validate(account, m)?;
         if !self.journal.has_capacity() {
-            return Err(EngineError::Busy(
-                "the journal is behind its bound, retry later".into(),
+            return Err(EngineError::busy(
+                "the journal is behind its bound, retry later",
             ));
         }
         let cat = self.catalog.read();
@@ -373,7 +373,7 @@ impl Engine {
                     cat.config
                         .plan(plan)
                         .cloned()
-                        .ok_or_else(|| EngineError::NotFound(format!("no such plan '{plan}'")))?,
+                        .ok_or_else(|| EngineError::not_found(format!("no such plan '{plan}'")))?,
                 ),
                 _ => None,
             },

@@ -1,58 +1,146 @@
-//! Errors a command can fail with. The first word of the rendered message is
-//! the contract's error code (§3), so the server can send it as is.
+//! Errors a command can fail with: a code from the contract's list (§3) and a
+//! detail for people. The code is a type, not the first word of a string, so
+//! the server encodes it once and counts errors by code without parsing.
 
+use std::borrow::Cow;
 use std::fmt;
 
-/// Why a command was refused. A refused command changed nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EngineError {
+/// The contract's error codes that the engine can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Code {
     /// `ERR`: syntax, range, limits, a state the command cannot start from.
-    Invalid(String),
+    Err,
     /// `INSUFFICIENT`: not enough available credits.
-    Insufficient { need: u64, available: u64 },
+    Insufficient,
     /// `NOTFOUND`: unknown hold, sku or plan.
-    NotFound(String),
+    NotFound,
     /// `CONFLICT`: id reused with other arguments, or the hold's state forbids it.
-    Conflict(String),
+    Conflict,
     /// `EXPIRED`: the hold expired before this command.
-    Expired(String),
+    Expired,
     /// `NOTENTITLED`: the account's plan does not include the sku's feature.
-    NotEntitled(String),
+    NotEntitled,
     /// `BUSY`: persistence is behind its bound; nothing was applied.
-    Busy(String),
+    Busy,
 }
 
-impl EngineError {
-    /// The contract's error code.
-    pub fn code(&self) -> &'static str {
+impl Code {
+    /// Every code, in declaration order (`ALL[c.index()] == c`).
+    pub const ALL: [Code; 7] = [
+        Code::Err,
+        Code::Insufficient,
+        Code::NotFound,
+        Code::Conflict,
+        Code::Expired,
+        Code::NotEntitled,
+        Code::Busy,
+    ];
+
+    /// The word that starts the error line on the wire.
+    pub fn as_str(self) -> &'static str {
         match self {
-            EngineError::Invalid(_) => "ERR",
-            EngineError::Insufficient { .. } => "INSUFFICIENT",
-            EngineError::NotFound(_) => "NOTFOUND",
-            EngineError::Conflict(_) => "CONFLICT",
-            EngineError::Expired(_) => "EXPIRED",
-            EngineError::NotEntitled(_) => "NOTENTITLED",
-            EngineError::Busy(_) => "BUSY",
+            Code::Err => "ERR",
+            Code::Insufficient => "INSUFFICIENT",
+            Code::NotFound => "NOTFOUND",
+            Code::Conflict => "CONFLICT",
+            Code::Expired => "EXPIRED",
+            Code::NotEntitled => "NOTENTITLED",
+            Code::Busy => "BUSY",
         }
     }
 
-    pub fn invalid(msg: impl Into<String>) -> Self {
-        EngineError::Invalid(msg.into())
+    /// Position in [`Code::ALL`], for counters kept in an array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What went wrong beyond the code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detail {
+    /// A sentence for people.
+    Text(Cow<'static, str>),
+    /// INSUFFICIENT's numbers: `need N available M` (clients parse them).
+    Shortfall { need: u64, available: u64 },
+}
+
+/// Why a command was refused. A refused command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    pub code: Code,
+    pub detail: Detail,
+}
+
+/// Which command's id an idempotency conflict is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdOf {
+    Grant,
+    Debit,
+    Hold,
+}
+
+impl EngineError {
+    pub fn new(code: Code, text: impl Into<Cow<'static, str>>) -> Self {
+        EngineError {
+            code,
+            detail: Detail::Text(text.into()),
+        }
+    }
+
+    pub fn invalid(text: impl Into<Cow<'static, str>>) -> Self {
+        EngineError::new(Code::Err, text)
+    }
+
+    pub fn not_found(text: impl Into<Cow<'static, str>>) -> Self {
+        EngineError::new(Code::NotFound, text)
+    }
+
+    pub fn conflict(text: impl Into<Cow<'static, str>>) -> Self {
+        EngineError::new(Code::Conflict, text)
+    }
+
+    pub fn busy(text: impl Into<Cow<'static, str>>) -> Self {
+        EngineError::new(Code::Busy, text)
+    }
+
+    pub fn insufficient(need: u64, available: u64) -> Self {
+        EngineError {
+            code: Code::Insufficient,
+            detail: Detail::Shortfall { need, available },
+        }
+    }
+
+    /// An id sent again with arguments other than its first use: the one
+    /// wording of this CONFLICT for every command.
+    pub fn id_reused(of: IdOf) -> Self {
+        EngineError::conflict(match of {
+            IdOf::Grant => "grant id was used with other arguments",
+            IdOf::Debit => "debit id was used with other arguments",
+            IdOf::Hold => "hold id was used with other arguments",
+        })
+    }
+
+    /// INSUFFICIENT's numbers, if this is one.
+    pub fn shortfall(&self) -> Option<(u64, u64)> {
+        match self.detail {
+            Detail::Shortfall { need, available } => Some((need, available)),
+            Detail::Text(_) => None,
+        }
     }
 }
 
 impl fmt::Display for EngineError {
+    /// The error line as sent: code, space, detail.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::Insufficient { need, available } => {
-                write!(f, "INSUFFICIENT need {need} available {available}")
+        match &self.detail {
+            Detail::Text(text) => write!(f, "{} {text}", self.code.as_str()),
+            Detail::Shortfall { need, available } => {
+                write!(
+                    f,
+                    "{} need {need} available {available}",
+                    self.code.as_str()
+                )
             }
-            EngineError::Invalid(m)
-            | EngineError::NotFound(m)
-            | EngineError::Conflict(m)
-            | EngineError::Expired(m)
-            | EngineError::NotEntitled(m)
-            | EngineError::Busy(m) => write!(f, "{} {}", self.code(), m),
         }
     }
 }
@@ -60,3 +148,27 @@ impl fmt::Display for EngineError {
 impl std::error::Error for EngineError {}
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_index_their_table() {
+        for (i, c) in Code::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+    }
+
+    #[test]
+    fn lines_start_with_the_code() {
+        assert_eq!(
+            EngineError::insufficient(5, 3).to_string(),
+            "INSUFFICIENT need 5 available 3"
+        );
+        assert_eq!(
+            EngineError::id_reused(IdOf::Debit).to_string(),
+            "CONFLICT debit id was used with other arguments"
+        );
+    }
+}

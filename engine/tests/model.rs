@@ -13,6 +13,7 @@
 use creditd_engine::bucket::BucketKind;
 use creditd_engine::clock::{Clock, TestClock};
 use creditd_engine::config::Config;
+use creditd_engine::error::Code;
 use creditd_engine::id::Bytes;
 use creditd_engine::{
     Balance, Charge, Engine, EngineError, Expiry, MemoryJournal, Mutation, Usage,
@@ -820,14 +821,14 @@ struct Harness {
 
 fn code(e: &EngineError) -> MErr {
     match e {
-        EngineError::Invalid(_) => MErr::Err,
-        EngineError::Insufficient { need, available } => MErr::Insufficient {
-            need: *need,
-            available: *available,
-        },
-        EngineError::NotFound(_) => MErr::NotFound,
-        EngineError::Conflict(_) => MErr::Conflict,
-        EngineError::Expired(_) => MErr::Expired,
+        _ if e.code == Code::Err => MErr::Err,
+        _ if e.code == Code::Insufficient => {
+            let (need, available) = e.shortfall().expect("INSUFFICIENT has its numbers");
+            MErr::Insufficient { need, available }
+        }
+        _ if e.code == Code::NotFound => MErr::NotFound,
+        _ if e.code == Code::Conflict => MErr::Conflict,
+        _ if e.code == Code::Expired => MErr::Expired,
         other => panic!("unexpected error {other}"),
     }
 }
@@ -979,7 +980,7 @@ impl Harness {
             .execute(ACCOUNTS[a].as_bytes(), &cmd.mutation())
             .map(|o| (o.reply, o.changed))
             .map_err(|e| {
-                if let EngineError::Insufficient { need, available } = &e {
+                if let Some((need, available)) = e.shortfall() {
                     assert_eq!(
                         e.to_string(),
                         format!("INSUFFICIENT need {need} available {available}")

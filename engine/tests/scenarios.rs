@@ -235,7 +235,7 @@ impl T {
             "failed {m:?} made an account"
         );
         let s = e.to_string();
-        assert!(s.starts_with(e.code()), "{s}");
+        assert!(s.starts_with(e.code.as_str()), "{s}");
         s
     }
 
@@ -1253,7 +1253,7 @@ fn quote_applies_the_batch_discount_and_rounds_up() {
     assert_eq!(e.quote("image/z-image-turbo/1k", 15), Ok(135));
     assert_eq!(e.quote("image/z-image-turbo/1k", 16), Ok(128));
     assert_eq!(e.quote("image/basic", 1_000), Ok(0));
-    assert_eq!(e.quote("nope", 1).unwrap_err().code(), "NOTFOUND");
+    assert_eq!(e.quote("nope", 1).unwrap_err().code.as_str(), "NOTFOUND");
 
     let config = Config::parse(
         r#"
@@ -1382,7 +1382,7 @@ fn busy_applies_nothing() {
         .full
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let e = engine.execute(b"acct", &grant("g", 10)).unwrap_err();
-    assert_eq!(e.code(), "BUSY");
+    assert_eq!(e.code.as_str(), "BUSY");
     assert_eq!(engine.stats().accounts, 0);
     journal
         .full

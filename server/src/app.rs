@@ -71,11 +71,11 @@ impl App {
     /// Applies a mutation unless persistence refuses writes now (`-BUSY`).
     pub fn execute(&self, account: &[u8], m: &Mutation) -> Result<Outcome, EngineError> {
         if let Some(problem) = self.journal.write_problem() {
-            return Err(EngineError::Busy(format!("{problem}; retry later")));
+            return Err(EngineError::busy(format!("{problem}; retry later")));
         }
         if let Some(redis) = self.redis.read().as_ref() {
             if let Some(reason) = redis.refusal() {
-                return Err(EngineError::Busy(format!("{reason}, retry later")));
+                return Err(EngineError::busy(format!("{reason}, retry later")));
             }
         }
         self.engine.execute(account, m)
