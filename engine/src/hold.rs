@@ -1,6 +1,5 @@
 //! Holds: credits set aside for one job, and what remains of them once closed.
 
-use crate::config::PlanTerms;
 use crate::pricing::SkuPrice;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -11,14 +10,6 @@ use std::sync::Arc;
 pub struct Portion {
     pub bucket_seq: u64,
     pub amount: u64,
-}
-
-/// A priced sku as a hold remembers it: its name and the price in force when
-/// the hold was made (CONFIG RELOAD does not change it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeldPrice {
-    pub sku: Arc<str>,
-    pub price: Arc<SkuPrice>,
 }
 
 /// The arguments RESERVE was called with, kept to tell a retry from a conflict.
@@ -90,6 +81,15 @@ pub struct ClosedHold {
     pub outcome: HoldOutcome,
 }
 
-/// The terms a subscription was made with (kept with the account so renewals
-/// and replay never depend on a later config).
-pub type HeldPlan = Arc<PlanTerms>;
+impl ClosedHold {
+    /// What a closed hold remembers of itself.
+    pub fn of(hold: &Hold, outcome: HoldOutcome) -> ClosedHold {
+        ClosedHold {
+            charge: hold.charge.clone(),
+            ttl_given: hold.ttl_given,
+            amount: hold.amount,
+            captured: hold.captured,
+            outcome,
+        }
+    }
+}

@@ -19,15 +19,14 @@ pub mod calendar;
 pub mod clock;
 pub mod command;
 pub mod config;
-pub mod done;
 pub mod engine;
 pub mod error;
 pub mod history;
 pub mod hold;
 pub mod id;
 pub mod journal;
-pub mod plan;
 pub mod pricing;
+pub mod slot;
 pub mod smallmap;
 
 /// Largest credit amount (or quantity) one command may carry (contract §1).

@@ -7,7 +7,46 @@
 //! platform gives away on every job adds up; a customer never pays more than
 //! the undiscounted `credits x qty`.
 
+use crate::command::Charge;
+use crate::error::{EngineError, Result};
+use crate::hold::ChargeArgs;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A resolved charge: the credits and, for skus, the price used.
+pub struct Priced {
+    pub amount: u64,
+    /// What a retry is compared with.
+    pub args: ChargeArgs,
+    /// A hold keeps its price, so `QTY` at COMMIT costs what RESERVE quoted.
+    pub price: Option<Arc<SkuPrice>>,
+}
+
+impl Priced {
+    /// Resolves a charge against the sku's price (`None`: no such sku).
+    pub fn new(charge: Charge, price: Option<(Arc<str>, Arc<SkuPrice>)>) -> Result<Priced> {
+        match (charge, price) {
+            (Charge::Amount(amount), _) => Ok(Priced {
+                amount,
+                args: ChargeArgs::Amount(amount),
+                price: None,
+            }),
+            (Charge::Sku { qty, .. }, Some((name, price))) => {
+                let amount = price
+                    .cost(qty)
+                    .map_err(|_| EngineError::invalid("amount out of range"))?;
+                Ok(Priced {
+                    amount,
+                    args: ChargeArgs::Sku { sku: name, qty },
+                    price: Some(price),
+                })
+            }
+            (Charge::Sku { sku, .. }, None) => {
+                Err(EngineError::not_found(format!("no such sku '{sku}'")))
+            }
+        }
+    }
+}
 
 /// What a sku is priced by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -2,7 +2,15 @@
 //! fuzzily, restored from any shard count), with the invariant checks that
 //! refuse a state that does not add up.
 
-use super::*;
+use super::apply::{apply, reserve_ttl_ms, sku_of, Resolved};
+use super::shard::Find;
+use super::Engine;
+use crate::account::{Account, Applied, Ctx, Limits};
+use crate::bucket::NEVER;
+use crate::command::{decode_record, Mutation, Record};
+use crate::id::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 impl Engine {
     /// Replays one journal record. Records an account already reflects (its
@@ -32,65 +40,46 @@ impl Engine {
             terms,
             ..self.catalog().limits
         };
-        let mut shard = self.shard_of(account.0).lock();
-        let shard = &mut *shard;
-        if !shard.accounts.contains_key(account.0) {
-            let fresh = Account::with_key(Id::new(account.0));
-            shard.accounts.insert(Box::new(fresh));
-            self.accounts.fetch_add(1, Ordering::Relaxed);
-        }
-        let acct = shard.accounts.get_mut(account.0).expect("inserted");
-        let id = acct.key.clone();
-        if seq <= acct.applied_seq {
-            return Ok(at_ms);
-        }
-        let now = acct.clamp_now(at_ms);
-        let holds_before = acct.open_holds() as u64;
-        let mut effects = Effects::default();
-        acct.advance(now, &mut effects);
-        let sku_name = match m {
-            Mutation::Reserve {
-                charge: Charge::Sku { sku, .. },
-                ..
-            }
-            | Mutation::Debit {
-                charge: Charge::Sku { sku, .. },
-                ..
-            } => Some(Arc::<str>::from(sku)),
-            _ => None,
-        };
         let resolved = Resolved {
             ttl_ms: reserve_ttl_ms(&m, default_ttl_ms),
-            price: sku_name.zip(price.map(|p| Arc::new(p.into_owned()))),
+            price: sku_of(&m)
+                .map(Arc::<str>::from)
+                .zip(price.map(|p| Arc::new(p.into_owned()))),
             plan: plan.map(|p| Arc::new(p.into_owned())),
         };
-        let mut ctx = Ctx {
-            now_ms: now,
-            limits: &limits,
-            replay: true,
-            effects: &mut effects,
-        };
-        match apply(acct, &mut ctx, &m, resolved) {
-            Ok(Applied::Changed(_)) => {}
-            Ok(Applied::Repeated(_)) => {
-                return Err(format!(
+        let mut shard = self.shard_of(account.0).lock();
+        if shard
+            .accounts
+            .get(account.0)
+            .is_some_and(|a| seq <= a.applied_seq)
+        {
+            return Ok(at_ms);
+        }
+        let find = Find::OrCreateUnbounded(&self.accounts);
+        let replayed = shard.visit(account.0, Some(at_ms), find, |acct, step| {
+            let ctx = Ctx {
+                now_ms: step.now_ms,
+                limits,
+                replay: true,
+            };
+            match apply(acct, &ctx, &m, resolved) {
+                Ok(Applied::Changed(_)) => {}
+                Ok(Applied::Repeated(_)) => {
+                    return Err(format!(
                     "record {seq} ({}) changed nothing on replay: the journal and state disagree",
                     m.name()
                 ))
+                }
+                Err(e) => return Err(format!("record {seq} ({}) failed on replay: {e}", m.name())),
             }
-            Err(e) => return Err(format!("record {seq} ({}) failed on replay: {e}", m.name())),
-        }
-        acct.applied_seq = seq;
-        acct.terms = terms;
-        let next = acct.next_due_ms();
-        let queue = acct.queue_due(next);
-        shard.open_holds = shard.open_holds + acct.open_holds() as u64 - holds_before;
-        shard.add_effects(effects);
-        if queue {
-            shard.due.push(Reverse((next, id.clone())));
-        }
-        shard.mark_dirty(self.track_dirty, &id);
-        Ok(at_ms)
+            acct.applied_seq = seq;
+            acct.terms = terms;
+            step.changed = true;
+            Ok(at_ms)
+        });
+        replayed
+            .map_err(|e| e.to_string())?
+            .expect("the account was found or created")
     }
 
     /// Serializes one shard (for a fuzzy snapshot: each shard is consistent
@@ -118,29 +107,23 @@ impl Engine {
 
     /// Installs one account's state (from a snapshot or from Redis), unless
     /// the engine already has a newer one.
-    pub fn restore_account(&self, id: &[u8], mut acct: Account) -> std::result::Result<(), String> {
+    pub fn restore_account(&self, id: &[u8], acct: Account) -> std::result::Result<(), String> {
         acct.check()
             .map_err(|e| format!("account {}: {e}", crate::id::show(id)))?;
         let mut shard = self.shard_of(id).lock();
-        if let Some(existing) = shard.accounts.get(id) {
-            if existing.applied_seq >= acct.applied_seq {
-                return Ok(());
+        let find = Find::OrCreateUnbounded(&self.accounts);
+        let installed = shard.visit(id, None, find, |existing, _| {
+            if existing.applied_seq >= acct.applied_seq && !existing.is_blank() {
+                return;
             }
-        }
-        let key = Id::new(id);
-        shard.open_holds += acct.open_holds() as u64;
-        if let Some(old) = shard.accounts.get(id) {
-            shard.open_holds -= old.open_holds() as u64;
-        }
-        acct.queued_due_ms = NEVER;
-        let next = acct.next_due_ms();
-        if acct.queue_due(next) {
-            shard.due.push(Reverse((next, key.clone())));
-        }
-        acct.key = key;
-        if shard.accounts.insert(Box::new(acct)) {
-            self.accounts.fetch_add(1, Ordering::Relaxed);
-        }
+            let key = std::mem::take(&mut existing.key);
+            *existing = Account {
+                key,
+                queued_due_ms: NEVER,
+                ..acct
+            };
+        });
+        installed.map_err(|e| e.to_string())?;
         Ok(())
     }
 

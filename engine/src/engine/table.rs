@@ -38,10 +38,6 @@ impl AccountTable {
             .map(|a| &mut **a)
     }
 
-    pub(super) fn contains_key(&self, id: &[u8]) -> bool {
-        self.get(id).is_some()
-    }
-
     /// Inserts or replaces the account with `acct.key`; true if it is new.
     pub(super) fn insert(&mut self, acct: Box<Account>) -> bool {
         let hash = Self::hash(&acct.key);
@@ -58,6 +54,14 @@ impl AccountTable {
                 true
             }
         }
+    }
+
+    /// Removes the accounts `drop` says, as the iterator is consumed.
+    pub(super) fn remove_where<'a>(
+        &'a mut self,
+        mut drop: impl FnMut(&Account) -> bool + 'a,
+    ) -> impl Iterator<Item = Box<Account>> + 'a {
+        self.table.extract_if(move |a| drop(a))
     }
 
     pub(super) fn len(&self) -> usize {

@@ -14,7 +14,7 @@
 //! lookups O(1). Both compare the real ids in the end, so a hash collision
 //! can never turn a new command into a "retry".
 
-use crate::account::Done;
+use super::Done;
 use crate::id::Id;
 use hashbrown::HashTable;
 use serde::de::{Deserializer, SeqAccess, Visitor};
@@ -98,20 +98,12 @@ impl PartialEq for DoneLog {
 }
 
 impl DoneLog {
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
     pub fn front(&self) -> Option<&DoneRecord> {
         self.records.front()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &DoneRecord> {
-        self.records.iter()
     }
 
     /// The record of command `kind` for `id`.
@@ -324,12 +316,13 @@ mod tests {
         assert_eq!(log.get(Kind::Debit, b"d99"), Some(&debit(99)));
         // The filter was rebuilt from the records left: only their bits.
         let expected = log
+            .records
             .iter()
             .fold(0, |f, r| f | filter_bit(key_hash(Kind::Debit, &r.id)));
         assert_eq!(log.filter, expected);
         // A batch leaves in one call; the cap form sees the length.
         assert_eq!(log.pop_while(|_, len| len > 2), 3);
-        assert_eq!(log.len(), 2);
+        assert_eq!(log.records.len(), 2);
         let bytes = postcard::to_allocvec(&log).unwrap();
         let back: DoneLog = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, log);

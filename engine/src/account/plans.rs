@@ -1,7 +1,8 @@
 //! Subscriptions: calendar cycles, per-seat allowances, add-on units,
 //! upgrades with optional rollover, and renewals that happen on time.
 
-use crate::account::{Account, Applied, Ctx, Terms};
+use super::ledger::Credits;
+use super::{Account, Applied, Ctx, Terms};
 use crate::bucket::{BucketKind, DEFAULT_PRIORITY, NEVER};
 use crate::calendar::{cycle_containing, cycle_start_ms};
 use crate::config::PlanTerms;
@@ -46,6 +47,17 @@ fn allowance(per_unit: u64, units: u32) -> Result<u64> {
         .ok_or_else(|| EngineError::invalid("allowance exceeds 10^15 credits"))
 }
 
+/// A plan allowance's bucket terms: it ends with the cycle.
+fn plan_credits(kind: BucketKind, amount: u64, expires_at_ms: u64) -> Credits {
+    Credits {
+        kind,
+        amount,
+        expires_at_ms,
+        priority: DEFAULT_PRIORITY,
+        from_plan: true,
+    }
+}
+
 fn bucket_id(prefix: &str, plan: &[u8], cycle_start_ms: u64) -> Id {
     let mut id = Vec::with_capacity(prefix.len() + plan.len() + 24);
     id.extend_from_slice(prefix.as_bytes());
@@ -67,6 +79,12 @@ fn cycle_bounds(anchor_ms: u64, terms: &PlanTerms, k: u32) -> Result<(u64, u64)>
 }
 
 impl Account {
+    /// Is a priced command for `feature` allowed by the account's plan?
+    pub fn entitled(&self, feature: &str) -> bool {
+        self.active_subscription()
+            .is_none_or(|s| s.terms.includes(feature))
+    }
+
     /// The plan in force: a cancelled one only waits for its cycle's end.
     pub(crate) fn active_subscription(&self) -> Option<&Subscription> {
         self.subscription.as_deref().filter(|s| !s.cancelled)
@@ -88,30 +106,16 @@ impl Account {
         // Renewals add up over the years: never past the account bound
         // (10^18), where the sums stop being safe from overflow. Reaching it
         // takes a thousand cycles of the largest allowance.
-        let room = crate::account::MAX_TOTAL.saturating_sub(self.bal.granted);
+        let room = self.room();
         let amount = amount.min(room);
         let addon = addon.min(room - amount);
         let (plan, end, start) = (sub.plan.clone(), sub.cycle_end_ms, sub.cycle_start_ms);
         let sub_id = bucket_id("", &plan, start);
-        self.add_credits(
-            sub_id,
-            BucketKind::Subscription,
-            amount,
-            end,
-            DEFAULT_PRIORITY,
-            true,
-        );
+        self.add_credits(sub_id, plan_credits(BucketKind::Subscription, amount, end));
         self.log(terms, at_ms, op, plan.clone(), amount);
         if addon > 0 {
             let addon_id = bucket_id("addon:", &plan, start);
-            self.add_credits(
-                addon_id,
-                BucketKind::Addon,
-                addon,
-                end,
-                DEFAULT_PRIORITY,
-                true,
-            );
+            self.add_credits(addon_id, plan_credits(BucketKind::Addon, addon, end));
             self.log(terms, at_ms, Op::Addon, plan, addon);
         }
         Ok(())
@@ -148,7 +152,7 @@ impl Account {
 
     pub fn subscribe(
         &mut self,
-        ctx: &mut Ctx,
+        ctx: &Ctx,
         plan: &str,
         terms: Arc<PlanTerms>,
         seats: Option<u32>,
@@ -190,9 +194,7 @@ impl Account {
         }
         let seats = seats.unwrap_or(1);
         let amount = allowance(terms.credits_per_seat, seats)?;
-        if self.bal.granted.saturating_add(amount) > crate::account::MAX_TOTAL {
-            return Err(EngineError::invalid("account total would exceed 10^18"));
-        }
+        self.check_room(amount)?;
         let k = cycle_containing(anchor, terms.period, now)
             .ok_or_else(|| EngineError::invalid("ANCHOR out of the calendar's range"))?;
         let (start, end) = cycle_bounds(anchor, &terms, k)?;
@@ -221,7 +223,7 @@ impl Account {
     /// rollover bucket (expiring with the new first cycle) if the new plan
     /// says so. Add-on units are cancelled; add-on credits already granted
     /// stay until their cycle ends.
-    fn end_old_plan(&mut self, ctx: &mut Ctx, now: u64, new_terms: &PlanTerms, new_end: u64) {
+    fn end_old_plan(&mut self, ctx: &Ctx, now: u64, new_terms: &PlanTerms, new_end: u64) {
         let mut leftover = 0u64;
         let mut expired = Vec::new();
         for b in self.buckets.iter_mut() {
@@ -252,19 +254,12 @@ impl Account {
             self.bal.granted -= leftover;
             let plan = self.subscription.as_ref().expect("subscribed").plan.clone();
             let id = bucket_id("rollover:", &plan, now);
-            self.add_credits(
-                id,
-                BucketKind::Rollover,
-                leftover,
-                new_end,
-                DEFAULT_PRIORITY,
-                true,
-            );
+            self.add_credits(id, plan_credits(BucketKind::Rollover, leftover, new_end));
         }
         self.subscription = None;
     }
 
-    pub fn set_seats(&mut self, ctx: &mut Ctx, seats: u32) -> Result<Applied> {
+    pub fn set_seats(&mut self, ctx: &Ctx, seats: u32) -> Result<Applied> {
         if seats == 0 || seats > MAX_SEATS {
             return Err(EngineError::invalid("seats must be 1 to 1000000"));
         }
@@ -282,9 +277,7 @@ impl Account {
         } else {
             0
         };
-        if self.bal.granted.saturating_add(added) > crate::account::MAX_TOTAL {
-            return Err(EngineError::invalid("account total would exceed 10^18"));
-        }
+        self.check_room(added)?;
         let sub = self.subscription.as_deref_mut().expect("checked");
         if seats > current {
             sub.seats = seats;
@@ -292,17 +285,13 @@ impl Account {
         sub.seats_next = seats;
         self.add_credits(
             bucket_id("", &plan, start),
-            BucketKind::Subscription,
-            added,
-            end,
-            DEFAULT_PRIORITY,
-            true,
+            plan_credits(BucketKind::Subscription, added, end),
         );
         self.log(ctx.limits.terms, ctx.now_ms, Op::Seats, plan, added);
         Ok(Applied::Changed(self.bal.available))
     }
 
-    pub fn set_addon(&mut self, ctx: &mut Ctx, units: u32) -> Result<Applied> {
+    pub fn set_addon(&mut self, ctx: &Ctx, units: u32) -> Result<Applied> {
         if units > MAX_SEATS {
             return Err(EngineError::invalid("units must be 0 to 1000000"));
         }
@@ -322,9 +311,7 @@ impl Account {
         } else {
             0
         };
-        if self.bal.granted.saturating_add(added) > crate::account::MAX_TOTAL {
-            return Err(EngineError::invalid("account total would exceed 10^18"));
-        }
+        self.check_room(added)?;
         let sub = self.subscription.as_deref_mut().expect("checked");
         if units > current {
             sub.addon_units = units;
@@ -332,18 +319,14 @@ impl Account {
         sub.addon_units_next = units;
         self.add_credits(
             bucket_id("addon:", &plan, start),
-            BucketKind::Addon,
-            added,
-            end,
-            DEFAULT_PRIORITY,
-            true,
+            plan_credits(BucketKind::Addon, added, end),
         );
         self.log(ctx.limits.terms, ctx.now_ms, Op::Addon, plan, added);
         Ok(Applied::Changed(self.bal.available))
     }
 
     /// No renewal at the cycle's end; what was granted stays until it expires.
-    pub fn unsubscribe(&mut self, ctx: &mut Ctx) -> Result<Applied> {
+    pub fn unsubscribe(&mut self, ctx: &Ctx) -> Result<Applied> {
         let Some(sub) = self.subscription.as_deref_mut().filter(|s| !s.cancelled) else {
             return Ok(Applied::Repeated(0));
         };
