@@ -118,8 +118,10 @@ impl Mutation<'_> {
 }
 
 /// One journal record. Version 2 of the payload format (version 1 records
-/// carried no terms) (the frame carries the
-/// format version; a new variant is only ever appended at the end).
+/// carried no terms). The payload carries no version number, and the journal
+/// frame's version is the frame layout's, not this: a new variant is only
+/// ever appended at the end (the server's `formats` module lists every
+/// versioned format and what changing it means).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Records are built on the stack and encoded at once, never stored: boxing
 // the large variant would cost an allocation per command.

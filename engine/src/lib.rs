@@ -5,13 +5,18 @@
 //! debits with idempotency by id, per-account history, the rate card and
 //! plans with calendar cycles, journal records and snapshots.
 //!
-//! No sockets and no async runtime: time comes from an injected [`clock::Clock`],
-//! persistence goes through a [`engine::JournalSink`]. The server adapts this
-//! to the network.
+//! State and rules only: no files, no sockets, no threads of its own and no
+//! async runtime (`tests/purity.rs` checks the sources). Time comes from an
+//! injected [`clock::Clock`], records go to a [`engine::JournalSink`], and the
+//! config arrives as text or a parsed TOML table. The server reads files,
+//! owns the on-disk journal (the `creditd-journal` crate) and adapts this to
+//! the network.
 //!
 //! Conservation holds for every account at every moment a caller can observe:
 //! `granted = available + held + spent + expired` (checked by
 //! [`account::Account::check`] after every operation in debug builds).
+
+#![forbid(unsafe_code)]
 
 pub mod account;
 pub mod bucket;
@@ -24,7 +29,6 @@ pub mod error;
 pub mod history;
 pub mod hold;
 pub mod id;
-pub mod journal;
 pub mod pricing;
 pub mod slot;
 pub mod smallmap;

@@ -4,11 +4,11 @@
 use crate::auth::Tokens;
 use crate::cli::Options;
 use crate::commands::Failure;
+use crate::config::{Role, ServerConfig, ServerSettings};
 use crate::metrics::Metrics;
 use creditd_engine::clock::TestClock;
-use creditd_engine::config::{Config, Role};
-use creditd_engine::journal::Journal;
 use creditd_engine::{Engine, EngineError, Mutation, Outcome};
+use creditd_journal::Journal;
 use parking_lot::{Mutex, RwLock};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,7 +58,9 @@ pub struct App {
     pub durable: watch::Sender<u64>,
     pub test_clock: Option<Arc<TestClock>>,
     pub tokens: RwLock<Tokens>,
-    pub max_clients: AtomicU64,
+    /// The server's settings in force (a reload replaces them; the engine's
+    /// are in `engine.catalog()`).
+    pub settings: Arc<RwLock<ServerSettings>>,
     pub stats: ServerStats,
     pub metrics: Metrics,
     pub health: Health,
@@ -123,16 +125,15 @@ impl App {
         };
         tracing::info!(
             trigger,
-            skus = config.skus.len(),
-            plans = config.plans.len(),
+            skus = config.engine.skus.len(),
+            plans = config.engine.plans.len(),
             tokens = config.tokens.len(),
             max_clients = config.settings.max_clients,
             "config reloaded"
         );
-        self.max_clients
-            .store(config.settings.max_clients as u64, Ordering::Relaxed);
+        *self.settings.write() = config.settings;
         *self.tokens.write() = Tokens::new(&config.tokens);
-        self.engine.set_config(config);
+        self.engine.set_config(config.engine);
         Ok(())
     }
 
@@ -186,7 +187,7 @@ impl App {
                 s,
                 "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
                 self.stats.connections_open.load(Ordering::Relaxed),
-                self.max_clients.load(Ordering::Relaxed),
+                self.settings.read().max_clients,
             );
         }
         if want("stats") {
@@ -241,34 +242,34 @@ impl App {
 /// True when `config` would leave the RESP listener open to anyone: no tokens
 /// (every connection is admin) on an address beyond loopback, without
 /// `--insecure`. Start-up and every reload refuse such a config.
-pub fn open_to_anyone(opts: &Options, config: &Config) -> bool {
+pub fn open_to_anyone(opts: &Options, config: &ServerConfig) -> bool {
     config.tokens.is_empty() && !opts.listen.ip().is_loopback() && !opts.insecure
 }
 
 /// Reads and validates the config named by the options (or the built-in one).
-pub fn load_config(opts: &Options) -> Result<Config, String> {
+pub fn load_config(opts: &Options) -> Result<ServerConfig, String> {
     match &opts.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string()),
-        None => Ok(Config::builtin()),
+        Some(path) => ServerConfig::load(path).map_err(|e| e.to_string()),
+        None => Ok(ServerConfig::builtin()),
     }
 }
 
 /// Logs what a config holds (at start and after a reload), and warns about a
 /// config that serves nothing priced: a file with only settings in it is
 /// almost always a mistake.
-pub fn log_loaded(opts: &Options, config: &Config, what: &str) {
+pub fn log_loaded(opts: &Options, config: &ServerConfig, what: &str) {
     let source = opts.config.as_ref().map_or_else(
         || "built-in example".to_string(),
         |p| p.display().to_string(),
     );
     tracing::info!(
         config = %source,
-        skus = config.skus.len(),
-        plans = config.plans.len(),
+        skus = config.engine.skus.len(),
+        plans = config.engine.plans.len(),
         tokens = config.tokens.len(),
         "{what}"
     );
-    if config.skus.is_empty() {
+    if config.engine.skus.is_empty() {
         tracing::warn!(
             config = %source,
             "the config has no rate card ([skus.*]): QUOTE and every SKU-priced RESERVE or DEBIT answer NOTFOUND"

@@ -7,7 +7,7 @@
 //! so response times would tell a client how long a valid token is; with
 //! digests every comparison costs the same whatever the lengths.
 
-use creditd_engine::config::{Role, Token};
+use crate::config::{Role, Token};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

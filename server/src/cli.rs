@@ -1,28 +1,11 @@
 //! The command line (contract §8). Every flag can also be set with a
 //! `CREDITD_*` environment variable; a flag wins over the variable.
 
-use clap::builder::BoolishValueParser;
+use clap::builder::{BoolishValueParser, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
+use creditd_journal::FsyncMode;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-
-/// When the journal fsyncs, as Redis AOF means these words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Fsync {
-    Always,
-    Everysec,
-    No,
-}
-
-impl Fsync {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fsync::Always => "always",
-            Fsync::Everysec => "everysec",
-            Fsync::No => "no",
-        }
-    }
-}
 
 /// creditd: a high-throughput credit reservation engine that speaks RESP.
 #[derive(Debug, Clone, Parser)]
@@ -49,8 +32,8 @@ pub struct Options {
     pub redis: Option<String>,
 
     /// Journal fsync policy.
-    #[arg(long, env = "CREDITD_FSYNC", value_enum, default_value = "everysec")]
-    pub fsync: Fsync,
+    #[arg(long, env = "CREDITD_FSYNC", default_value = "everysec", value_parser = fsync_mode())]
+    pub fsync: FsyncMode,
 
     /// Enable CLOCK GET/SET/ADVANCE (time under the client's control; for tests).
     /// The variable takes 1/0, true/false, yes/no, on/off.
@@ -80,6 +63,13 @@ pub struct Options {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The journal's fsync modes, by the journal's own words (listed in `--help`
+/// and in the error for any other word).
+fn fsync_mode() -> impl TypedValueParser<Value = FsyncMode> {
+    PossibleValuesParser::new(FsyncMode::ALL.map(FsyncMode::as_str))
+        .try_map(|word| word.parse::<FsyncMode>())
 }
 
 /// `IP:PORT`, or `HOST:PORT` resolved now (the first address it resolves to).
@@ -135,6 +125,22 @@ mod tests {
         assert!(e.contains("redis://127.0.0.1:6379/0"), "{e}");
         let e = parse_redis_url("rediss://127.0.0.1:6379").unwrap_err();
         assert!(e.contains("TLS"), "{e}");
+    }
+
+    #[test]
+    fn fsync_takes_the_journals_words() {
+        for mode in FsyncMode::ALL {
+            let opts = Options::try_parse_from(["creditd", "--fsync", mode.as_str()]);
+            assert_eq!(opts.expect("parses").fsync, mode);
+        }
+        let default = Options::try_parse_from(["creditd"]).expect("parses");
+        assert_eq!(default.fsync, FsyncMode::EverySec);
+        let e = Options::try_parse_from(["creditd", "--fsync", "sometimes"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[possible values: always, everysec, no]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! # creditd (server)
 //!
 //! Adapts the pure engine to the network: the RESP codec, connections with
-//! pipelining and limits, the command table, auth, HTTP probes and metrics,
-//! the journal and snapshots, and the Redis write-behind.
+//! pipelining and limits, the command table, the config file, auth, HTTP
+//! probes and metrics, the journal (the `creditd-journal` crate) behind the
+//! engine and snapshots, and the Redis write-behind.
 
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod conn;
 pub mod datadir;
+pub mod formats;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -1,12 +1,14 @@
-//! Persistence glue: the journal behind the engine, recovery at start, and
-//! fuzzy snapshots that keep the journal (and restart time) bounded.
+//! Persistence glue: the on-disk journal behind the engine, recovery at
+//! start, and fuzzy snapshots that keep the journal (and restart time) bounded.
+//! The engine knows only its [`JournalSink`]; the journal knows only opaque
+//! records: this is the one place that joins them.
 
+use crate::formats::SNAPSHOT_MAGIC;
 use creditd_engine::account::Account;
 use creditd_engine::engine::JournalSink;
 use creditd_engine::id::Id;
-use creditd_engine::journal::{FsyncMode, Journal, OpenReport};
 use creditd_engine::Engine;
-use serde::Deserialize;
+use creditd_journal::{FsyncMode, Journal, OpenReport};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +16,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::watch;
 
-/// The engine is built before the journal is open (recovery replays into
-/// it), so its sink is a slot filled once the journal is ready. Nothing is
-/// appended before that: the listener starts after recovery.
+/// The engine's journal sink over the on-disk journal.
+///
+/// Why a slot rather than the journal itself: the engine must exist before the
+/// journal is open, because opening the journal is recovery, which replays the
+/// snapshot and the records into the engine; and the engine takes its sink
+/// when it is built. So the engine gets this empty slot, and it is filled once
+/// recovery is done. Nothing is appended before that: the listener starts
+/// after recovery (and until then `has_capacity` says no, so the engine
+/// refuses mutations; an append would panic).
 #[derive(Default)]
 pub struct JournalSlot(OnceLock<Arc<Journal>>);
 
@@ -38,10 +46,7 @@ impl JournalSink for JournalSlot {
     }
 }
 
-/// Format 2: the clock's instant after the shard count; accounts carry
-/// their terms.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP02";
-/// magic (8) + shard count (4) + clock instant (8).
+/// magic (8, [`SNAPSHOT_MAGIC`]) + shard count (4) + clock instant (8).
 const SNAPSHOT_HEADER_BYTES: usize = 20;
 
 /// Builds a snapshot body: the clock's instant, then every shard, one at a
@@ -78,15 +83,6 @@ pub struct RedisBase {
 /// greater pair is a newer state.
 pub fn account_version(acct: &Account) -> (u64, u64) {
     (acct.applied_seq, acct.history_seq())
-}
-
-/// One shard's part of a snapshot, as `Engine::snapshot_shard` writes it (a
-/// list of (id as a byte string, account); postcard encodes a byte string and
-/// a `Vec<u8>` alike). Decoded here only when Redis is on, to learn which
-/// accounts the snapshot has newer than Redis.
-#[derive(Deserialize)]
-struct SnapshotPart {
-    accounts: Vec<(Vec<u8>, Account)>,
 }
 
 /// What a snapshot held.
@@ -136,11 +132,12 @@ pub fn restore_snapshot(
     Ok(Restored { accounts, clock_ms })
 }
 
+/// Restores one shard part account by account, marking those the snapshot
+/// holds newer than Redis.
 fn restore_part_marking(engine: &Engine, part: &[u8], base: &RedisBase) -> Result<usize, String> {
-    let part: SnapshotPart =
-        postcard::from_bytes(part).map_err(|e| format!("undecodable snapshot: {e}"))?;
-    let n = part.accounts.len();
-    for (id, acct) in part.accounts {
+    let accounts = Engine::decode_shard(part)?;
+    let n = accounts.len();
+    for (id, acct) in accounts {
         let newer = base
             .versions
             .get(id.as_slice())

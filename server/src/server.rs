@@ -8,7 +8,8 @@
 
 use crate::app::{load_config, open_to_anyone, App, Health, ServerStats};
 use crate::auth::Tokens;
-use crate::cli::{Fsync, Options};
+use crate::cli::Options;
+use crate::config::ServerConfig;
 use crate::datadir::DataDirLock;
 use crate::http::{self, ProbeState};
 use crate::metrics::Metrics;
@@ -16,8 +17,8 @@ use crate::node::NodeIdentity;
 use crate::persist::{self, JournalSlot};
 use crate::writebehind::{self, dependency};
 use creditd_engine::clock::{wall_clock_ms, Clock, SystemClock, TestClock};
-use creditd_engine::journal::{FsyncMode, JournalEvent};
 use creditd_engine::Engine;
+use creditd_journal::JournalEvent;
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,7 +57,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 
 async fn serve(
     mut opts: Options,
-    config: creditd_engine::config::Config,
+    config: ServerConfig,
     mut data_dir_lock: DataDirLock,
 ) -> Result<(), String> {
     // Probes first, so /healthz answers and /readyz says 503 while we recover.
@@ -78,12 +79,11 @@ async fn serve(
         Some(c) => c.clone(),
         None => Arc::new(SystemClock),
     };
-    let max_clients = config.settings.max_clients as u64;
+    let settings = config.settings;
     let tokens = Tokens::new(&config.tokens);
-    let snapshot_every = config.settings.snapshot_every_records;
     let slot = Arc::new(JournalSlot::default());
     let engine =
-        Arc::new(Engine::new(config, clock, slot.clone()).track_dirty(opts.redis.is_some()));
+        Arc::new(Engine::new(config.engine, clock, slot.clone()).track_dirty(opts.redis.is_some()));
 
     // With --redis, recovery starts from what Redis holds, before the journal
     // is opened (after taking the lease on the Redis keyspace): the journal
@@ -96,7 +96,7 @@ async fn serve(
         *probes.recovering_reason.lock() =
             "taking the Redis lease, loading state from Redis".into();
         let started = Instant::now();
-        let lease_ms = engine.catalog().config.settings.cluster_lease_ms;
+        let lease_ms = settings.cluster_lease_ms;
         let l = tokio::task::block_in_place(|| {
             let node = NodeIdentity::load_or_create(&opts.data_dir)?;
             let l = writebehind::load(&engine, url, &node, lease_ms)?;
@@ -117,11 +117,7 @@ async fn serve(
     let base = loaded.as_mut().map(|l| std::mem::take(&mut l.base));
 
     let (durable_tx, _) = watch::channel(0u64);
-    let fsync = match opts.fsync {
-        Fsync::Always => FsyncMode::Always,
-        Fsync::Everysec => FsyncMode::EverySec,
-        Fsync::No => FsyncMode::No,
-    };
+    let fsync = opts.fsync;
     tracing::info!(data_dir = %opts.data_dir.display(), fsync = fsync.as_str(), "recovering");
     let recovery = {
         let engine = engine.clone();
@@ -184,7 +180,7 @@ async fn serve(
         durable: durable_tx,
         test_clock,
         tokens: RwLock::new(tokens),
-        max_clients: AtomicU64::new(max_clients),
+        settings: Arc::new(RwLock::new(settings)),
         stats: ServerStats::default(),
         metrics: Metrics::new(),
         health: Health::default(),
@@ -218,6 +214,7 @@ async fn serve(
     reload_on_hangup(app.clone(), hangups);
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = spawn_sweeper(engine.clone(), stop.clone());
+    let snapshot_every = settings.snapshot_every_records;
     let snapshotter = spawn_snapshotter(app.clone(), snapshot_every, stop.clone());
     {
         let app = app.clone();
@@ -276,7 +273,7 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Rece
         };
         app.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let open = app.stats.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
-        if open > app.max_clients.load(Ordering::Relaxed) {
+        if open > u64::from(app.settings.read().max_clients) {
             tracing::debug!(%peer, "connection refused: max_clients reached");
             app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
             app.stats

@@ -96,13 +96,20 @@ impl Engine {
     /// Loads one serialized shard part (from any shard count). Every account
     /// is checked; a broken invariant refuses the snapshot.
     pub fn restore_shard(&self, bytes: &[u8]) -> std::result::Result<usize, String> {
-        let part: ShardSnapshotOwned =
-            postcard::from_bytes(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
-        let n = part.accounts.len();
-        for (id, acct) in part.accounts {
+        let accounts = Engine::decode_shard(bytes)?;
+        let n = accounts.len();
+        for (id, acct) in accounts {
             self.restore_account(&id, acct)?;
         }
         Ok(n)
+    }
+
+    /// Decodes one serialized shard part without installing it (for a
+    /// caller that decides per account, as the server does against Redis).
+    pub fn decode_shard(bytes: &[u8]) -> std::result::Result<Vec<(Vec<u8>, Account)>, String> {
+        let part: ShardSnapshotOwned =
+            postcard::from_bytes(bytes).map_err(|e| format!("undecodable snapshot: {e}"))?;
+        Ok(part.accounts.into_iter().map(|(id, a)| (id.0, a)).collect())
     }
 
     /// Installs one account's state (from a snapshot or from Redis), unless

@@ -1,11 +1,11 @@
-//! Where the engine's journal records go: the on-disk journal, or a
-//! journal in memory for tests and benchmarks.
+//! Where the engine's journal records go: the on-disk journal (the server
+//! puts it behind this trait), or a journal in memory for tests and benchmarks.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Where the engine puts its journal records. Implemented by the on-disk
-/// journal; tests and benchmarks use [`MemoryJournal`].
+/// Where the engine puts its journal records. The server implements it over
+/// the on-disk journal; tests and benchmarks use [`MemoryJournal`].
 pub trait JournalSink: Send + Sync {
     /// False when too much is waiting for the disk: mutations are refused with BUSY.
     fn has_capacity(&self) -> bool {
@@ -14,15 +14,6 @@ pub trait JournalSink: Send + Sync {
     /// Appends one record, written by `write` into the journal's buffer.
     /// Returns its sequence number. Called with a shard lock held: must be cheap.
     fn append(&self, write: &mut dyn FnMut(&mut Vec<u8>)) -> u64;
-}
-
-impl JournalSink for crate::journal::Journal {
-    fn has_capacity(&self) -> bool {
-        crate::journal::Journal::has_capacity(self)
-    }
-    fn append(&self, write: &mut dyn FnMut(&mut Vec<u8>)) -> u64 {
-        crate::journal::Journal::append(self, write)
-    }
 }
 
 /// A journal that keeps nothing but a sequence number (and optionally the

@@ -10,9 +10,9 @@ mod plans;
 mod reads;
 
 use crate::app::App;
+use crate::config::Role;
 use crate::multi::{Exec, Multi};
 use crate::resp::encode::{self, Proto};
-use creditd_engine::config::Role;
 use creditd_engine::{EngineError, Outcome};
 
 /// Per-connection state the commands see and change.

@@ -1,7 +1,8 @@
 //! Start-up with `--redis`: reach Redis, take the lease on its keyspace, and
 //! load every account it holds into the engine, before the journal is opened.
 
-use super::{shown, ACCOUNT_PREFIX, BACKOFF_MAX, BACKOFF_MIN, META_KEY, SCHEMA};
+use super::{shown, ACCOUNT_PREFIX, BACKOFF_MAX, BACKOFF_MIN, META_KEY};
+use crate::formats::REDIS_SCHEMA;
 use crate::lease::{Lease, LeaseKeys};
 use crate::node::NodeIdentity;
 use crate::persist::{account_version, RedisBase};
@@ -129,9 +130,9 @@ pub fn load(
             .arg("node")
             .query(&mut conn)
             .map_err(|e| fail("HMGET creditd:meta", e))?;
-    if let Some(schema) = schema.filter(|&s| s != SCHEMA) {
+    if let Some(schema) = schema.filter(|&s| s != REDIS_SCHEMA) {
         return Err(format!(
-            "Redis at {shown_url} holds creditd key schema {schema}; this creditd writes schema {SCHEMA}"
+            "Redis at {shown_url} holds creditd key schema {schema}; this creditd writes schema {REDIS_SCHEMA}"
         ));
     }
     let mut pattern = ACCOUNT_PREFIX.to_vec();

@@ -5,7 +5,7 @@
 //! thread ([`writer`]) repeatedly takes every changed account and writes it
 //! with a version-checked, fenced Lua script ([`script`]); an account changed
 //! 100 times between two passes is written once. The key schema is in
-//! docs/OPERATIONS.md.
+//! docs/OPERATIONS.md; its version is [`crate::formats::REDIS_SCHEMA`].
 //!
 //! Ownership: one creditd owns a Redis keyspace, by a lease with a fencing
 //! epoch ([`crate::lease`]) taken before anything is loaded; every write
@@ -50,7 +50,7 @@ pub use load::{load, Loaded};
 
 use crate::app::{App, WriteBehindStatus};
 use crate::lease::{Lease, LeaseStatus};
-use creditd_engine::journal::Journal;
+use creditd_journal::Journal;
 use metrics::{counter, gauge};
 use parking_lot::Mutex;
 use std::fmt::Write as _;
@@ -65,10 +65,6 @@ pub const ACCOUNT_PREFIX: &[u8] = b"creditd:acct:";
 pub const AUDIT_STREAM: &str = "creditd:audit";
 /// Writer metadata: `watermark`, `schema`, `node`, `updated_at_ms`.
 pub const META_KEY: &str = "creditd:meta";
-/// Version of the key schema and of the account `state` encoding, stored in
-/// `creditd:meta`. 2: accounts carry their terms, buckets whether the plan
-/// made them, holds the TTL as sent, subscriptions a pending cancellation.
-pub const SCHEMA: u64 = 2;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -222,7 +218,7 @@ pub fn start(app: Arc<App>, loaded: Loaded) -> Result<(), String> {
     } else {
         (base.min_next_seq - 1).min(last_seq)
     };
-    let settings = app.engine.catalog().config.settings.clone();
+    let settings = *app.settings.read();
     let lease = Arc::new(lease);
     let shared = Arc::new(Shared {
         journal: app.journal.clone(),
@@ -251,7 +247,7 @@ pub fn start(app: Arc<App>, loaded: Loaded) -> Result<(), String> {
             .collect(),
         meta_watermark,
         meta_present,
-        settings.redis_stream_maxlen,
+        app.settings.clone(),
     );
     *app.redis.write() = Some(shared.clone());
     let thread = std::thread::Builder::new()

@@ -22,7 +22,8 @@
 //! completed) and the writer's node id in `creditd:meta`.
 
 use super::resp;
-use super::{ACCOUNT_PREFIX, AUDIT_STREAM, META_KEY, SCHEMA};
+use super::{ACCOUNT_PREFIX, AUDIT_STREAM, META_KEY};
+use crate::formats::REDIS_SCHEMA;
 use crate::lease::{LeaseKeys, FENCE_LUA};
 use creditd_engine::account::Balance;
 use creditd_engine::history::HistoryEntry;
@@ -107,7 +108,7 @@ pub fn source() -> String {
     let fence = FENCE_LUA
         .replace("KEYS[fence_key]", "KEYS[3]")
         .replace("ARGV[fence_arg]", "ARGV[2]");
-    let body = WRITE_LUA.replace("SCHEMA_VERSION", &SCHEMA.to_string());
+    let body = WRITE_LUA.replace("SCHEMA_VERSION", &REDIS_SCHEMA.to_string());
     format!("{fence}{body}")
 }
 

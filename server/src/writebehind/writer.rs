@@ -11,10 +11,12 @@
 use super::script::{self, Call, Refusal, Reply};
 use super::{Shared, BACKOFF_MAX, BACKOFF_MIN};
 use crate::app::WriteBehindStatus;
+use crate::config::ServerSettings;
 use crate::lease::{Lease, LeaseStatus};
 use creditd_engine::clock::wall_clock_ms;
 use creditd_engine::id::Id;
 use creditd_engine::Engine;
+use parking_lot::RwLock;
 use redis::Client;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -64,6 +66,8 @@ pub(super) struct Writer {
     pub(super) meta_written: u64,
     /// `creditd:meta` exists; Redis losing it means Redis lost data.
     pub(super) meta_expected: bool,
+    /// The server's settings in force (a config reload changes them).
+    pub(super) settings: Arc<RwLock<ServerSettings>>,
     pub(super) maxlen: u64,
     pub(super) conn: Option<redis::Connection>,
     pub(super) sha: String,
@@ -96,8 +100,9 @@ impl Writer {
         streamed: HashMap<Id, u64>,
         meta_written: u64,
         meta_expected: bool,
-        maxlen: u64,
+        settings: Arc<RwLock<ServerSettings>>,
     ) -> Writer {
+        let maxlen = settings.read().redis_stream_maxlen;
         Writer {
             shared,
             engine,
@@ -108,6 +113,7 @@ impl Writer {
             streamed,
             meta_written,
             meta_expected,
+            settings,
             maxlen,
             conn: None,
             sha: String::new(),
@@ -279,8 +285,7 @@ impl Writer {
     }
 
     fn refresh_settings(&mut self) {
-        let catalog = self.engine.catalog();
-        let settings = &catalog.config.settings;
+        let settings = *self.settings.read();
         self.shared
             .max_pending
             .store(settings.redis_max_pending, Ordering::Relaxed);

@@ -10,7 +10,10 @@
 
 /// First byte of every frame.
 pub const FRAME_MAGIC: u8 = 0xC7;
-/// Second byte of every frame; bump when the layout changes.
+/// Second byte of every frame: the version of this layout, not of the payloads (they are the
+/// caller's own). Recovery cannot tell a frame of another version from damage: at the end of the
+/// last segment it would cut such frames off as a torn tail. So a new layout must first teach
+/// recovery to refuse (or read) frames of this one.
 pub const FRAME_VERSION: u8 = 1;
 /// magic (1) + version (1) + len (4) + seq (8) + crc (4).
 pub const FRAME_HEADER_BYTES: usize = 18;

@@ -1,7 +1,11 @@
+//! # creditd-journal
+//!
 //! The on-disk journal: an append-only log of opaque records (the engine encodes them) that lets
 //! creditd answer a client only after its change is written, and come back whole after `kill -9`.
+//! It knows nothing of accounts or credits: payloads are bytes, and recovery hands them back in
+//! order to callbacks. The server puts it behind the engine's journal sink.
 //!
-//! Data dir: `journal-<first_seq:020>.log` segments of [`frame`]s with contiguous seqs 1, 2, 3...
+//! Data dir: `journal-<first_seq:020>.log` segments of frames (see [`FRAME_VERSION`]) with contiguous seqs 1, 2, 3...
 //! across segments, and `snapshot-<first_seq:020>.snap` images that cover every record before
 //! `first_seq`. Segments are bounded in size so a snapshot can delete the old ones. The one
 //! exception to contiguity: [`Journal::open_with`] may be asked to continue numbering beyond the
@@ -15,7 +19,10 @@
 //! meanwhile: the cost of a syscall is shared by all requests waiting on it, so throughput rises
 //! with load. Replies wait for [`Journal::durable_seq`] (or `on_durable`) to pass their seq.
 
+#![forbid(unsafe_code)]
+
 mod frame;
+mod fsync;
 mod store;
 mod writer;
 
@@ -36,7 +43,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use frame::{begin_frame, seal_frame};
-pub use frame::{decode_frame, encode_frame, Decoded, FRAME_HEADER_BYTES, FRAME_PAYLOAD_MAX_BYTES};
+pub use frame::{
+    decode_frame, encode_frame, Decoded, FRAME_HEADER_BYTES, FRAME_PAYLOAD_MAX_BYTES, FRAME_VERSION,
+};
+pub use fsync::FsyncMode;
+pub use store::SNAPSHOT_FILE_VERSION;
 use writer::Segment;
 
 /// A segment is closed and a new one started once it holds this much.
@@ -47,47 +58,6 @@ pub const BUFFER_MAX_BYTES: u64 = 64 << 20;
 pub const ROTATE_TIMEOUT_MS: u64 = 10_000;
 /// Bound on segment switches waiting for the writer.
 const ROTATIONS_PENDING_MAX: usize = 1_024;
-
-/// When the journal fsyncs, as Redis AOF `appendfsync` means these words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FsyncMode {
-    /// fsync every group before it counts as durable: survives losing the machine.
-    Always,
-    /// fsync at most once a second; durable means written: survives `kill -9`.
-    EverySec,
-    /// Leave flushing to the OS; durable means written: survives `kill -9`.
-    No,
-}
-
-impl FsyncMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsyncMode::Always => "always",
-            FsyncMode::EverySec => "everysec",
-            FsyncMode::No => "no",
-        }
-    }
-}
-
-impl fmt::Display for FsyncMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for FsyncMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<FsyncMode, String> {
-        match text {
-            "always" => Ok(FsyncMode::Always),
-            "everysec" => Ok(FsyncMode::EverySec),
-            "no" => Ok(FsyncMode::No),
-            _ => Err(format!(
-                "unknown fsync mode {text:?}: expected always, everysec or no"
-            )),
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JournalErrorKind {

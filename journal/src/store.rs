@@ -8,7 +8,9 @@ use super::frame::{decode_frame, find_valid_frame, Decoded};
 use super::{JournalError, OpenReport};
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"CDSN";
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version of the snapshot file's envelope (this header; the body inside is the caller's own
+/// format). A file of another version is skipped with a warning, as a damaged one is.
+pub const SNAPSHOT_FILE_VERSION: u32 = 1;
 /// magic (4) + version (4) + first_seq (8) + body_len (8) + crc32c (4).
 const SNAPSHOT_HEADER_BYTES: usize = 28;
 
@@ -78,7 +80,7 @@ pub(crate) fn write_snapshot_file(dir: &Path, first_seq: u64, body: &[u8]) -> io
     let tmp = path.with_extension("snap.tmp");
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     header[0..4].copy_from_slice(&SNAPSHOT_MAGIC);
-    header[4..8].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    header[4..8].copy_from_slice(&SNAPSHOT_FILE_VERSION.to_le_bytes());
     header[8..16].copy_from_slice(&first_seq.to_le_bytes());
     header[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
     let crc = snapshot_crc(&header, body);
@@ -99,7 +101,7 @@ fn read_snapshot(path: &Path, first_seq: u64) -> Result<Vec<u8>, String> {
     }
     let field = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    if version != SNAPSHOT_VERSION {
+    if version != SNAPSHOT_FILE_VERSION {
         return Err(format!("unknown snapshot version {version}"));
     }
     if field(8) != first_seq {
