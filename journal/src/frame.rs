@@ -11,9 +11,9 @@
 /// First byte of every frame.
 pub const FRAME_MAGIC: u8 = 0xC7;
 /// Second byte of every frame: the version of this layout, not of the payloads (they are the
-/// caller's own). Recovery cannot tell a frame of another version from damage: at the end of the
-/// last segment it would cut such frames off as a torn tail. So a new layout must first teach
-/// recovery to refuse (or read) frames of this one.
+/// caller's own). A whole frame of another version whose checksum holds under this layout is
+/// [`Decoded::Foreign`], and recovery refuses the journal rather than cut it off as a torn
+/// tail: a later layout should keep magic, version, length and seq where they are.
 pub const FRAME_VERSION: u8 = 1;
 /// magic (1) + version (1) + len (4) + seq (8) + crc (4).
 pub const FRAME_HEADER_BYTES: usize = 18;
@@ -78,6 +78,8 @@ pub enum Decoded<'a> {
     Incomplete,
     /// Not a frame: the reason.
     Bad(&'static str),
+    /// A whole, checksummed frame of another layout version (written by another build).
+    Foreign(u8),
 }
 
 /// Decodes the frame at the start of `bytes`.
@@ -85,9 +87,6 @@ pub fn decode_frame(bytes: &[u8]) -> Decoded<'_> {
     match bytes {
         [] => return Decoded::Incomplete,
         [magic, ..] if *magic != FRAME_MAGIC => return Decoded::Bad("bad magic byte"),
-        [_, version, ..] if *version != FRAME_VERSION => {
-            return Decoded::Bad("unknown frame version")
-        }
         _ if bytes.len() < FRAME_HEADER_BYTES => return Decoded::Incomplete,
         _ => {}
     }
@@ -100,8 +99,12 @@ pub fn decode_frame(bytes: &[u8]) -> Decoded<'_> {
         return Decoded::Incomplete;
     }
     let crc_stored = u32::from_le_bytes(bytes[14..18].try_into().expect("4 bytes"));
-    if frame_crc(bytes, len) != crc_stored {
-        return Decoded::Bad("checksum mismatch");
+    let crc_ok = frame_crc(bytes, len) == crc_stored;
+    match bytes[1] {
+        FRAME_VERSION if crc_ok => {}
+        FRAME_VERSION => return Decoded::Bad("checksum mismatch"),
+        other if crc_ok => return Decoded::Foreign(other),
+        _ => return Decoded::Bad("unknown frame version"),
     }
     let seq = u64::from_le_bytes(bytes[6..14].try_into().expect("8 bytes"));
     if seq == 0 {

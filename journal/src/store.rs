@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::frame::{decode_frame, find_valid_frame, Decoded};
+use super::frame::{decode_frame, find_valid_frame, Decoded, FRAME_VERSION};
 use super::{JournalError, OpenReport};
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"CDSN";
@@ -235,6 +235,12 @@ pub(crate) fn recover(
                 }
                 Decoded::Incomplete => "incomplete frame",
                 Decoded::Bad(reason) => reason,
+                Decoded::Foreign(version) => {
+                    let message = format!(
+                        "frame of layout version {version} (this build reads {FRAME_VERSION}): written by another creditd build; start that build, or restore a data dir this build wrote"
+                    );
+                    return Err(JournalError::corrupt(&path, offset as u64, message));
+                }
             };
             if let Some(next) = find_valid_frame(&bytes[offset + 1..]) {
                 let message = format!(

@@ -193,6 +193,33 @@ fn torn_tail_at_every_offset_is_cut_back() {
     }
 }
 
+/// A frame another build wrote with another layout version: if this build
+/// cut it off as a torn tail, acknowledged records would be lost.
+#[test]
+fn a_last_frame_of_another_layout_version_is_refused_not_cut() {
+    let dir = TempDir::new("foreign");
+    write_records(&dir.0, 3);
+    let path = segment_path(&dir.0, 1);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len();
+    let mut foreign = Vec::new();
+    encode_frame(4, b"from a newer build", &mut foreign);
+    // The same layout with the next version number, checksummed as written.
+    foreign[1] = FRAME_VERSION + 1;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&foreign[1..14]),
+        &foreign[FRAME_HEADER_BYTES..],
+    );
+    foreign[14..18].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(decode_frame(&foreign), Decoded::Foreign(FRAME_VERSION + 1));
+    bytes.extend_from_slice(&foreign);
+    fs::write(&path, &bytes).unwrap();
+    let err = open(&dir.0).err().expect("refused").to_string();
+    assert!(err.contains("layout version 2"), "{err}");
+    assert!(err.contains(&at.to_string()), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "nothing was cut");
+}
+
 #[test]
 fn corruption_before_valid_frames_is_refused_with_offset() {
     let dir = TempDir::new("corrupt-middle");

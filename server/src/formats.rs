@@ -21,10 +21,10 @@
 
 /// The layout of one journal frame (`creditd_journal::FRAME_VERSION`): magic,
 /// version, length, seq, checksum, then the payload. Not the payload's
-/// version. Changing it means teaching recovery to refuse (or read) frames of
-/// the old version first: today a frame of another version is taken for
-/// damage, and at the end of the last segment it would be cut off as a torn
-/// tail, losing acknowledged records.
+/// version. A whole frame of another version (its checksum holds) is refused
+/// at recovery with both versions named, never cut off as a torn tail; a new
+/// layout keeps magic, version, length and seq where they are so that an
+/// older build can still tell.
 pub use creditd_journal::FRAME_VERSION as JOURNAL_FRAME_VERSION;
 
 /// The envelope of a journal snapshot file (`creditd_journal::SNAPSHOT_FILE_VERSION`):
