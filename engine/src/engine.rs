@@ -12,7 +12,7 @@
 //! - `recovery`: replay, snapshots, restore;
 //! - `sink`: where journal records go.
 
-use crate::account::{Account, AccountView, Balance, Ctx};
+use crate::account::{Account, AccountView, Applied, Balance, Ctx};
 use crate::clock::Clock;
 use crate::command::{Mutation, Record};
 use crate::config::Config;
@@ -37,7 +37,7 @@ pub use apply::MAX_HOLD_TTL_MS;
 pub use catalog::Catalog;
 pub use sink::{JournalSink, MemoryJournal};
 
-use apply::{apply, reserve_ttl_ms, sku_of, validate, Resolved};
+use apply::{apply, validate, Resolved};
 use shard::{Find, Shard};
 
 /// What a successful mutation returns: the reply, and the journal sequence
@@ -164,34 +164,19 @@ impl Engine {
                 "the journal is behind its bound, retry later",
             ));
         }
-        let cat = self.catalog.read();
-        // RESERVE without TTL gets the default in force; the record keeps
-        // it, so replay gives the hold the same expiry whatever the config.
-        let default_ttl_ms = match m {
-            Mutation::Reserve { ttl_ms: None, .. } => Some(cat.limits.hold_ttl_ms),
-            _ => None,
+        // Today's catalog, read once and released before the shard lock.
+        let (resolved, default_ttl_ms, limits, max_accounts) = {
+            let cat = self.catalog.read();
+            let (resolved, default_ttl_ms) = Resolved::from_catalog(&cat, m)?;
+            (resolved, default_ttl_ms, cat.limits, cat.max_accounts)
         };
-        let resolved = Resolved {
-            ttl_ms: reserve_ttl_ms(m, default_ttl_ms),
-            price: sku_of(m).and_then(|sku| cat.sku(sku)),
-            plan: match m {
-                Mutation::Subscribe { plan, .. } => Some(
-                    cat.config
-                        .plan(plan)
-                        .cloned()
-                        .ok_or_else(|| EngineError::not_found(format!("no such plan '{plan}'")))?,
-                ),
-                _ => None,
-            },
-        };
-        let record_price = resolved.price.as_ref().map(|(_, p)| p.clone());
-        let record_plan = resolved.plan.clone();
-        let limits = cat.limits;
+        // The record keeps what the command was decided under.
+        let price = resolved.price.as_ref().map(|(_, p)| p.clone());
+        let plan = resolved.plan.clone();
         let find = Find::OrCreate {
             count: &self.accounts,
-            max: cat.max_accounts,
+            max: max_accounts,
         };
-        drop(cat);
         let now_ms = self.clock.now_ms();
         let mut shard = self.shard_of(account).lock();
         let outcome = shard.visit(account, Some(now_ms), find, |acct, step| {
@@ -200,35 +185,34 @@ impl Engine {
                 limits,
                 replay: false,
             };
-            match apply(acct, &ctx, m, resolved)? {
-                crate::account::Applied::Changed(reply) => {
-                    let seq = self.journal.append(&mut |buf| {
-                        Record::Apply {
-                            at_ms: step.now_ms,
-                            account: Bytes(account),
-                            mutation: *m,
-                            price: record_price.as_deref().map(Cow::Borrowed),
-                            plan: record_plan.as_deref().map(Cow::Borrowed),
-                            terms: limits.terms,
-                            default_ttl_ms,
-                        }
-                        .encode(buf)
-                    });
-                    acct.applied_seq = seq;
-                    acct.terms = limits.terms;
-                    step.changed = true;
-                    Ok(Outcome {
+            let reply = match apply(acct, &ctx, m, resolved)? {
+                Applied::Repeated(reply) => {
+                    return Ok(Outcome {
                         reply,
-                        wait_seq: seq,
-                        changed: true,
+                        wait_seq: acct.applied_seq,
+                        changed: false,
                     })
                 }
-                crate::account::Applied::Repeated(reply) => Ok(Outcome {
-                    reply,
-                    wait_seq: acct.applied_seq,
-                    changed: false,
-                }),
-            }
+                Applied::Changed(reply) => reply,
+            };
+            let record = Record::Apply {
+                at_ms: step.now_ms,
+                account: Bytes(account),
+                mutation: *m,
+                price: price.as_deref().map(Cow::Borrowed),
+                plan: plan.as_deref().map(Cow::Borrowed),
+                terms: limits.terms,
+                default_ttl_ms,
+            };
+            let seq = self.journal.append(&mut |buf| record.encode(buf));
+            acct.applied_seq = seq;
+            acct.terms = limits.terms;
+            step.changed = true;
+            Ok(Outcome {
+                reply,
+                wait_seq: seq,
+                changed: true,
+            })
         })?;
         outcome.expect("the account was found or created")
     }

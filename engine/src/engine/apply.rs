@@ -5,6 +5,7 @@
 //! (a retry repeats, other arguments conflict), then the account's limits,
 //! the plan's entitlement and the rate card, and only then the change.
 
+use super::Catalog;
 use crate::account::{Account, Applied, Ctx, GrantArgs};
 use crate::command::{Charge, Mutation};
 use crate::config::PlanTerms;
@@ -67,6 +68,33 @@ pub(super) struct Resolved {
     pub price: Option<(Arc<str>, Arc<SkuPrice>)>,
     /// SUBSCRIBE's plan terms.
     pub plan: Option<Arc<PlanTerms>>,
+}
+
+impl Resolved {
+    /// A new command's inputs from today's catalog, and the default TTL a
+    /// RESERVE without one gets (the record keeps it, so replay gives the
+    /// hold the same expiry whatever the config says then).
+    pub(super) fn from_catalog(cat: &Catalog, m: &Mutation) -> Result<(Resolved, Option<u64>)> {
+        let default_ttl_ms = match m {
+            Mutation::Reserve { ttl_ms: None, .. } => Some(cat.limits.hold_ttl_ms),
+            _ => None,
+        };
+        let plan = match m {
+            Mutation::Subscribe { plan, .. } => Some(
+                cat.config
+                    .plan(plan)
+                    .cloned()
+                    .ok_or_else(|| EngineError::not_found(format!("no such plan '{plan}'")))?,
+            ),
+            _ => None,
+        };
+        let resolved = Resolved {
+            ttl_ms: reserve_ttl_ms(m, default_ttl_ms),
+            price: sku_of(m).and_then(|sku| cat.sku(sku)),
+            plan,
+        };
+        Ok((resolved, default_ttl_ms))
+    }
 }
 
 /// The sku a mutation charges, if any.
