@@ -208,56 +208,14 @@ pub(crate) fn recover(
         bytes.clear();
         let read = File::open(&path).and_then(|mut file| file.read_to_end(&mut bytes));
         read.map_err(|e| JournalError::io(&path, e))?;
-        let mut offset = 0;
-        // Bounded: every iteration advances `offset` by a whole frame or leaves the loop.
-        while offset < bytes.len() {
-            let reason = match decode_frame(&bytes[offset..]) {
-                Decoded::Frame {
-                    seq,
-                    payload,
-                    frame_bytes,
-                } => {
-                    if seq != seq_expected {
-                        let message = format!("frame has seq {seq}, expected {seq_expected}");
-                        return Err(JournalError::corrupt(&path, offset as u64, message));
-                    }
-                    replay(seq, payload).map_err(|m| {
-                        JournalError::replay(
-                            &path,
-                            offset as u64,
-                            format!("replay of seq {seq} failed: {m}"),
-                        )
-                    })?;
-                    seq_expected += 1;
-                    records_replayed += 1;
-                    offset += frame_bytes;
-                    continue;
-                }
-                Decoded::Incomplete => "incomplete frame",
-                Decoded::Bad(reason) => reason,
-                Decoded::Foreign(version) => {
-                    let message = format!(
-                        "frame of layout version {version} (this build reads {FRAME_VERSION}): written by another creditd build; start that build, or restore a data dir this build wrote"
-                    );
-                    return Err(JournalError::corrupt(&path, offset as u64, message));
-                }
-            };
-            if let Some(next) = find_valid_frame(&bytes[offset + 1..]) {
-                let message = format!(
-                    "{reason}, with a valid frame after it at offset {}",
-                    offset + 1 + next
-                );
-                return Err(JournalError::corrupt(&path, offset as u64, message));
-            }
-            if !is_last {
-                let message = format!("{reason} at the end of a segment that is not the last");
-                return Err(JournalError::corrupt(&path, offset as u64, message));
-            }
-            torn_tail = Some((path.clone(), offset as u64));
-            break;
+        let segment = replay_segment(&path, &bytes, is_last, seq_expected, &mut replay)?;
+        records_replayed += segment.next_seq - seq_expected;
+        seq_expected = segment.next_seq;
+        if segment.torn {
+            torn_tail = Some((path.clone(), segment.end as u64));
         }
         if is_last {
-            last_segment = Some((first_seq, path, offset as u64));
+            last_segment = Some((first_seq, path, segment.end as u64));
         }
     }
     let report = OpenReport {
@@ -271,5 +229,81 @@ pub(crate) fn recover(
         report,
         last_segment,
         segment_count: live.len() as u64,
+    })
+}
+
+/// Where one segment's valid frames ended.
+struct SegmentEnd {
+    /// The seq after the segment's last valid frame.
+    next_seq: u64,
+    /// Offset just past the last valid frame.
+    end: usize,
+    /// Something followed it that is dropped as an unacknowledged write.
+    torn: bool,
+}
+
+/// Replays one segment's frames from `seq_expected` on (see [`recover`] for
+/// what is a torn tail and what is refused).
+fn replay_segment(
+    path: &Path,
+    bytes: &[u8],
+    is_last: bool,
+    mut seq_expected: u64,
+    replay: &mut impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<SegmentEnd, JournalError> {
+    let mut offset = 0;
+    // Bounded: every iteration advances `offset` by a whole frame or leaves the loop.
+    while offset < bytes.len() {
+        let reason = match decode_frame(&bytes[offset..]) {
+            Decoded::Frame {
+                seq,
+                payload,
+                frame_bytes,
+            } => {
+                if seq != seq_expected {
+                    let message = format!("frame has seq {seq}, expected {seq_expected}");
+                    return Err(JournalError::corrupt(path, offset as u64, message));
+                }
+                replay(seq, payload).map_err(|m| {
+                    JournalError::replay(
+                        path,
+                        offset as u64,
+                        format!("replay of seq {seq} failed: {m}"),
+                    )
+                })?;
+                seq_expected += 1;
+                offset += frame_bytes;
+                continue;
+            }
+            Decoded::Incomplete => "incomplete frame",
+            Decoded::Bad(reason) => reason,
+            Decoded::Foreign(version) => {
+                let message = format!(
+                    "frame of layout version {version} (this build reads {FRAME_VERSION}): written by another creditd build; start that build, or restore a data dir this build wrote"
+                );
+                return Err(JournalError::corrupt(path, offset as u64, message));
+            }
+        };
+        if let Some(next) = find_valid_frame(&bytes[offset + 1..]) {
+            let message = format!(
+                "{reason}, with a valid frame after it at offset {}",
+                offset + 1 + next
+            );
+            return Err(JournalError::corrupt(path, offset as u64, message));
+        }
+        if !is_last {
+            let message = format!("{reason} at the end of a segment that is not the last");
+            return Err(JournalError::corrupt(path, offset as u64, message));
+        }
+        return Ok(SegmentEnd {
+            next_seq: seq_expected,
+            end: offset,
+            torn: true,
+        });
+    }
+    Ok(SegmentEnd {
+        next_seq: seq_expected,
+        end: offset,
+        torn: false,
     })
 }
