@@ -4,13 +4,18 @@
 //! pipelining and limits, the command table, auth, HTTP probes and metrics,
 //! the journal and snapshots, and the Redis write-behind.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod conn;
 pub mod datadir;
+pub mod dispatch;
+pub mod error;
 pub mod http;
+pub mod info;
 pub mod lease;
 pub mod metrics;
 pub mod multi;
@@ -18,4 +23,5 @@ pub mod node;
 pub mod persist;
 pub mod resp;
 pub mod server;
+pub mod stop;
 pub mod writebehind;

@@ -5,6 +5,9 @@
 //! and go out in a single write. Numbers are formatted without `format!`: integer and
 //! length formatting is on the hot path of every reply.
 
+use std::fmt;
+use std::io::Write as _;
+
 /// The protocol a connection speaks: RESP2 by default, RESP3 after `HELLO 3`. Only
 /// nulls, maps and verbatim text differ, so only those functions take it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -51,10 +54,19 @@ pub fn simple(out: &mut Vec<u8>, s: &str) {
     line(out, b'+', s);
 }
 
-/// Error reply: `msg` starts with its code word (`ERR`, `INSUFFICIENT`, ...), which
-/// clients parse; CR/LF in it become spaces so a message can never break framing.
-pub fn error(out: &mut Vec<u8>, msg: &str) {
-    line(out, b'-', msg);
+/// Error reply `-code detail`: clients parse the code word (`ERR`, `INSUFFICIENT`,
+/// ...); CR/LF in the detail become spaces so a message can never break framing.
+pub fn error(out: &mut Vec<u8>, code: &str, detail: impl fmt::Display) {
+    let start = out.len();
+    out.push(b'-');
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{code} {detail}");
+    for b in &mut out[start..] {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Integer reply `:n`, the result of nearly every creditd command.
@@ -129,7 +141,10 @@ mod tests {
     #[test]
     fn scalars() {
         assert_eq!(enc(|o| simple(o, "OK")), "+OK\r\n");
-        assert_eq!(enc(|o| error(o, "ERR bad\r\nthing")), "-ERR bad  thing\r\n");
+        assert_eq!(
+            enc(|o| error(o, "ERR", "bad\r\nthing")),
+            "-ERR bad  thing\r\n"
+        );
         assert_eq!(enc(|o| bulk(o, b"a\r\nb")), "$4\r\na\r\nb\r\n");
         assert_eq!(enc(|o| bulk_str(o, "")), "$0\r\n\r\n");
         assert_eq!(enc(|o| null(o, Proto::Resp2)), "$-1\r\n");
