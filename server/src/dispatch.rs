@@ -143,7 +143,7 @@ fn refusal(spec: &Spec, s: &Session, args: usize) -> Option<Failure> {
 
 /// Executes one command, appending its reply to `out`. Returns the journal
 /// seq its reply must wait for (0: none).
-pub fn execute_command(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) -> u64 {
+fn execute_command(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) -> u64 {
     let Some(index) = lookup(args[0]) else {
         app.metrics.unknown_command();
         reply_error(app, out, &Failure::unknown_command(args[0]));

@@ -25,6 +25,7 @@
 //! one lease alive on a thread of its own.
 
 use crate::node::NodeIdentity;
+use crate::redis_reply::{int, text};
 use crate::stop::{Stop, Worker};
 use parking_lot::Mutex;
 use redis::{Client, Connection, RedisResult, Script, Value};
@@ -154,22 +155,6 @@ pub enum Acquired {
     },
     /// Another node holds it.
     HeldBy(Holder),
-}
-
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::Int(n) => *n,
-        _ => 0,
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        _ => String::new(),
-    }
 }
 
 fn lease_value_epoch(value: &str) -> u64 {

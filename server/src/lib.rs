@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod multi;
 pub mod node;
 pub mod persist;
+pub mod redis_reply;
 pub mod resp;
 pub mod server;
 pub mod stop;

@@ -5,7 +5,7 @@
 //! parsed again from its start once more bytes arrive. Multibulk arguments come back
 //! as byte ranges into that buffer (no copy); inline arguments, whose quoting and
 //! escapes can change the bytes, are unescaped into a scratch buffer owned by
-//! [`Frame`]. [`Frame::arg`] and [`Frame::iter`] hide the difference.
+//! [`Frame`]. [`Frame::iter`] hides the difference.
 
 use std::fmt;
 use std::ops::Range;
@@ -119,8 +119,8 @@ pub enum Parsed {
 ///
 /// Multibulk arguments are ranges into the buffer given to [`parse`]; inline ones are
 /// ranges into the frame's own scratch buffer, because unescaping changes their bytes.
-/// Read them with [`Frame::arg`] / [`Frame::iter`], passing the same buffer (the
-/// arguments are only valid until that buffer is advanced or the frame parses again).
+/// Read them with [`Frame::iter`], passing the same buffer (the arguments are only valid
+/// until that buffer is advanced or the frame parses again).
 #[derive(Debug, Default)]
 pub struct Frame {
     ranges: Vec<Range<usize>>,
@@ -145,12 +145,6 @@ impl Frame {
     /// True when no request has been parsed into the frame (or it was empty).
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
-    }
-
-    /// Argument `i` (0 is the command name); `buf` must be the buffer given to [`parse`].
-    /// Panics if `i >= self.len()`.
-    pub fn arg<'a>(&'a self, buf: &'a [u8], i: usize) -> &'a [u8] {
-        &self.source(buf)[self.ranges[i].clone()]
     }
 
     /// All arguments in order; `buf` must be the buffer given to [`parse`].
@@ -347,8 +341,6 @@ fn split_args(
     ranges: &mut Vec<Range<usize>>,
 ) -> Result<(), ProtocolError> {
     out.clear();
-    let unbalanced = || err("unbalanced quotes in request");
-    let closes = |p: usize| line.get(p + 1).is_none_or(|&b| is_space(b));
     let mut p = 0;
     loop {
         while p < line.len() && is_space(line[p]) {
@@ -361,76 +353,95 @@ fn split_args(
             return Err(limits.too_many_args());
         }
         let start = out.len();
-        let (mut dq, mut sq) = (false, false);
-        loop {
-            let c = line.get(p).copied();
-            if dq {
-                match c {
-                    None => return Err(unbalanced()),
-                    Some(b'\\') if line.get(p + 1) == Some(&b'x') => {
-                        match (
-                            line.get(p + 2).and_then(|&b| hex(b)),
-                            line.get(p + 3).and_then(|&b| hex(b)),
-                        ) {
-                            (Some(h), Some(l)) => {
-                                out.push(h << 4 | l);
-                                p += 4;
-                            }
-                            _ => {
-                                out.push(b'x');
-                                p += 2;
-                            }
-                        }
-                    }
-                    Some(b'\\') if p + 1 < line.len() => {
-                        out.push(match line[p + 1] {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'b' => 0x08,
-                            b'a' => 0x07,
-                            other => other,
-                        });
-                        p += 2;
-                    }
-                    Some(b'"') if closes(p) => {
-                        p += 1;
-                        break;
-                    }
-                    Some(b'"') => return Err(unbalanced()),
-                    Some(c) => {
-                        out.push(c);
-                        p += 1;
-                    }
-                }
-            } else if sq {
-                match c {
-                    None => return Err(unbalanced()),
-                    Some(b'\\') if line.get(p + 1) == Some(&b'\'') => {
-                        out.push(b'\'');
-                        p += 2;
-                    }
-                    Some(b'\'') if closes(p) => {
-                        p += 1;
-                        break;
-                    }
-                    Some(b'\'') => return Err(unbalanced()),
-                    Some(c) => {
-                        out.push(c);
-                        p += 1;
-                    }
-                }
-            } else {
-                match c {
-                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
-                    Some(b'"') => dq = true,
-                    Some(b'\'') => sq = true,
-                    Some(c) => out.push(c),
-                }
+        p = word(line, p, out)?;
+        ranges.push(start..out.len());
+    }
+}
+
+fn unbalanced() -> ProtocolError {
+    err("unbalanced quotes in request")
+}
+
+/// A quote at `line[p]` closes only before a blank or the end of the line.
+fn closes(line: &[u8], p: usize) -> bool {
+    line.get(p + 1).is_none_or(|&b| is_space(b))
+}
+
+/// The argument starting at `line[p]`, unescaped into `out`; returns where it
+/// ends. A quoted part ends the argument with its closing quote.
+fn word(line: &[u8], mut p: usize, out: &mut Vec<u8>) -> Result<usize, ProtocolError> {
+    loop {
+        match line.get(p).copied() {
+            None | Some(b' ' | b'\n' | b'\r' | b'\t') => return Ok(p),
+            Some(b'"') => return double_quoted(line, p + 1, out),
+            Some(b'\'') => return single_quoted(line, p + 1, out),
+            Some(c) => {
+                out.push(c);
                 p += 1;
             }
         }
-        ranges.push(start..out.len());
+    }
+}
+
+/// The rest of a `"..."` part from `line[p]`, escapes undone; returns the
+/// position after the closing quote.
+fn double_quoted(line: &[u8], mut p: usize, out: &mut Vec<u8>) -> Result<usize, ProtocolError> {
+    loop {
+        match line.get(p).copied() {
+            None => return Err(unbalanced()),
+            Some(b'\\') if line.get(p + 1) == Some(&b'x') => {
+                match (
+                    line.get(p + 2).and_then(|&b| hex(b)),
+                    line.get(p + 3).and_then(|&b| hex(b)),
+                ) {
+                    (Some(h), Some(l)) => {
+                        out.push(h << 4 | l);
+                        p += 4;
+                    }
+                    _ => {
+                        out.push(b'x');
+                        p += 2;
+                    }
+                }
+            }
+            Some(b'\\') if p + 1 < line.len() => {
+                out.push(match line[p + 1] {
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'b' => 0x08,
+                    b'a' => 0x07,
+                    other => other,
+                });
+                p += 2;
+            }
+            Some(b'"') if closes(line, p) => return Ok(p + 1),
+            Some(b'"') => return Err(unbalanced()),
+            Some(c) => {
+                out.push(c);
+                p += 1;
+            }
+        }
+    }
+}
+
+/// The rest of a `'...'` part from `line[p]` (only `\'` is an escape);
+/// returns the position after the closing quote.
+fn single_quoted(line: &[u8], mut p: usize, out: &mut Vec<u8>) -> Result<usize, ProtocolError> {
+    loop {
+        match line.get(p).copied() {
+            None => return Err(unbalanced()),
+            Some(b'\\') if line.get(p + 1) == Some(&b'\'') => {
+                out.push(b'\'');
+                p += 2;
+            }
+            Some(b'\'') if closes(line, p) => return Ok(p + 1),
+            Some(b'\'') => return Err(unbalanced()),
+            Some(c) => {
+                out.push(c);
+                p += 1;
+            }
+        }
     }
 }
 

@@ -42,7 +42,6 @@
 pub mod dependency;
 mod load;
 mod pass;
-mod resp;
 mod script;
 mod writer;
 
