@@ -129,19 +129,22 @@ impl EngineError {
     }
 }
 
+impl fmt::Display for Detail {
+    /// The error line after its code: the one wording of each detail.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Detail::Text(text) => f.write_str(text),
+            Detail::Shortfall { need, available } => {
+                write!(f, "need {need} available {available}")
+            }
+        }
+    }
+}
+
 impl fmt::Display for EngineError {
     /// The error line as sent: code, space, detail.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.detail {
-            Detail::Text(text) => write!(f, "{} {text}", self.code.as_str()),
-            Detail::Shortfall { need, available } => {
-                write!(
-                    f,
-                    "{} need {need} available {available}",
-                    self.code.as_str()
-                )
-            }
-        }
+        write!(f, "{} {}", self.code.as_str(), self.detail)
     }
 }
 

@@ -1,37 +1,25 @@
-//! The state every connection shares: the engine, the journal, auth, stats,
+//! The state every connection shares: the engine, the journal, auth,
 //! metrics and health.
 
 use crate::auth::Tokens;
 use crate::cli::Options;
-use crate::commands::Failure;
 use crate::config::{Role, ServerConfig, ServerSettings};
+use crate::error::{ErrorCode, Failure};
 use crate::metrics::Metrics;
 use creditd_engine::clock::TestClock;
 use creditd_engine::{Engine, EngineError, Mutation, Outcome};
 use creditd_journal::Journal;
-use parking_lot::{Mutex, RwLock};
-use std::fmt::Write as _;
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
-
-/// Server-wide counters for INFO.
-#[derive(Default)]
-pub struct ServerStats {
-    pub connections_total: AtomicU64,
-    pub connections_open: AtomicU64,
-    pub connections_rejected: AtomicU64,
-    pub commands_processed: AtomicU64,
-    pub protocol_errors: AtomicU64,
-}
 
 /// Readiness as `/readyz` reports it.
 #[derive(Default)]
 pub struct Health {
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
-    pub reason: Mutex<String>,
 }
 
 /// Status of the Redis write-behind, as the rest of the server sees it.
@@ -61,7 +49,6 @@ pub struct App {
     /// The server's settings in force (a reload replaces them; the engine's
     /// are in `engine.catalog()`).
     pub settings: Arc<RwLock<ServerSettings>>,
-    pub stats: ServerStats,
     pub metrics: Metrics,
     pub health: Health,
     pub started: Instant,
@@ -90,7 +77,10 @@ impl App {
     /// Finds the role of a token (see [`Tokens::authenticate`] for the timing).
     pub fn authenticate(&self, user: Option<&[u8]>, token: &[u8]) -> Result<Role, Failure> {
         self.tokens.read().authenticate(user, token).ok_or_else(|| {
-            Failure("WRONGPASS invalid username-password pair or user is disabled.".into())
+            Failure::new(
+                ErrorCode::WrongPass,
+                "invalid username-password pair or user is disabled.",
+            )
         })
     }
 
@@ -150,8 +140,7 @@ impl App {
             return Some("shutting down".into());
         }
         if !self.health.ready.load(Ordering::Acquire) {
-            let r = self.health.reason.lock().clone();
-            return Some(if r.is_empty() { "recovering".into() } else { r });
+            return Some("recovering".into());
         }
         if let Some(problem) = self.journal.write_problem() {
             return Some(problem);
@@ -160,82 +149,6 @@ impl App {
             return Some("the journal is behind its bound".into());
         }
         self.redis.read().as_ref().and_then(|redis| redis.refusal())
-    }
-
-    /// INFO text, Redis style (`# Section` headers, `key:value` lines).
-    pub fn info(&self, section: Option<&str>) -> String {
-        let all = matches!(
-            section,
-            None | Some("all") | Some("everything") | Some("default")
-        );
-        let want = |name: &str| all || section == Some(name);
-        let mut s = String::new();
-        if want("server") {
-            let _ = write!(
-                s,
-                "# Server\r\nredis_version:7.0.0\r\ncreditd_version:{}\r\nredis_mode:standalone\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\ntest_clock:{}\r\n\r\n",
-                env!("CARGO_PKG_VERSION"),
-                std::env::consts::OS,
-                std::process::id(),
-                self.opts.listen.port(),
-                self.started.elapsed().as_secs(),
-                self.test_clock.is_some() as u8,
-            );
-        }
-        if want("clients") {
-            let _ = write!(
-                s,
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
-                self.stats.connections_open.load(Ordering::Relaxed),
-                self.settings.read().max_clients,
-            );
-        }
-        if want("stats") {
-            let _ = write!(
-                s,
-                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\ntotal_protocol_errors:{}\r\n\r\n",
-                self.stats.connections_total.load(Ordering::Relaxed),
-                self.stats.commands_processed.load(Ordering::Relaxed),
-                self.stats.connections_rejected.load(Ordering::Relaxed),
-                self.stats.protocol_errors.load(Ordering::Relaxed),
-            );
-        }
-        if want("persistence") {
-            let js = self.journal.stats();
-            let (connected, pending, lag_ms) = self.redis_status();
-            let _ = write!(
-                s,
-                "# Persistence\r\nloading:{}\r\njournal_fsync:{}\r\njournal_last_seq:{}\r\njournal_durable_seq:{}\r\njournal_bytes_written:{}\r\njournal_writes:{}\r\njournal_fsyncs:{}\r\njournal_segments:{}\r\njournal_pending_bytes:{}\r\njournal_writer_failed:{}\r\nwrite_errors:{}\r\nredis_enabled:{}\r\nredis_connected:{}\r\nredis_pending:{}\r\nredis_lag_ms:{}\r\n",
-                (!self.health.ready.load(Ordering::Acquire)) as u8,
-                self.opts.fsync.as_str(),
-                js.last_seq,
-                js.durable_seq,
-                js.bytes_written,
-                js.groups_written,
-                js.fsyncs,
-                js.segment_count,
-                js.pending_bytes,
-                js.writer_failed as u8,
-                js.write_errors,
-                self.opts.redis.is_some() as u8,
-                connected as u8,
-                pending,
-                lag_ms,
-            );
-            if let Some(redis) = self.redis.read().as_ref() {
-                redis.write_info(&mut s);
-            }
-            s.push_str("\r\n");
-        }
-        if want("accounts") {
-            let es = self.engine.stats();
-            let _ = write!(
-                s,
-                "# Accounts\r\naccounts:{}\r\nopen_holds:{}\r\nhold_expiries:{}\r\nbucket_expiries:{}\r\nrenewals:{}\r\n\r\n",
-                es.accounts, es.open_holds, es.hold_expiries, es.bucket_expiries, es.renewals,
-            );
-        }
-        s
     }
 }
 

@@ -8,13 +8,13 @@
 //! up the process's file descriptors, which the RESP listener needs.
 
 use crate::app::App;
+use crate::stop::Stop;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics::{counter, gauge};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -52,42 +52,6 @@ fn json_reason(ready: bool, reason: &str) -> String {
     serde_json::json!({ "ready": ready, "reason": reason }).to_string()
 }
 
-/// Refreshes the gauges that are read from state rather than counted.
-fn refresh_gauges(app: &App) {
-    let es = app.engine.stats();
-    gauge!("creditd_accounts").set(es.accounts as f64);
-    gauge!("creditd_open_holds").set(es.open_holds as f64);
-    counter!("creditd_hold_expiries_total").absolute(es.hold_expiries);
-    counter!("creditd_bucket_expiries_total").absolute(es.bucket_expiries);
-    counter!("creditd_renewals_total").absolute(es.renewals);
-    let js = app.journal.stats();
-    counter!("creditd_journal_bytes_written_total").absolute(js.bytes_written);
-    counter!("creditd_journal_records_total").absolute(js.records_written);
-    counter!("creditd_journal_writes_total").absolute(js.groups_written);
-    counter!("creditd_journal_fsyncs_total").absolute(js.fsyncs);
-    counter!("creditd_write_errors_total").absolute(js.write_errors);
-    gauge!("creditd_journal_last_write_seconds").set(js.last_write_latency_ns as f64 / 1e9);
-    gauge!("creditd_journal_last_fsync_seconds").set(js.last_fsync_latency_ns as f64 / 1e9);
-    gauge!("creditd_journal_pending_bytes").set(js.pending_bytes as f64);
-    gauge!("creditd_journal_segments").set(js.segment_count as f64);
-    let (connected, pending, lag_ms) = app.redis_status();
-    gauge!("creditd_redis_connected").set(connected as u8 as f64);
-    gauge!("creditd_redis_pending").set(pending as f64);
-    gauge!("creditd_redis_lag_seconds").set(lag_ms as f64 / 1e3);
-    if let Some(redis) = app.redis.read().as_ref() {
-        redis.export_metrics();
-    }
-    gauge!("creditd_ready").set(app.not_ready_reason().is_none() as u8 as f64);
-    // INFO's own counters, so INFO and /metrics never disagree.
-    let stats = &app.stats;
-    let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    gauge!("creditd_connections_open").set(read(&stats.connections_open) as f64);
-    counter!("creditd_connections_total").absolute(read(&stats.connections_total));
-    counter!("creditd_connections_rejected_total").absolute(read(&stats.connections_rejected));
-    counter!("creditd_protocol_errors_total").absolute(read(&stats.protocol_errors));
-    counter!("creditd_commands_processed_total").absolute(read(&stats.commands_processed));
-}
-
 async fn handle(
     req: Request<hyper::body::Incoming>,
     state: Arc<ProbeState>,
@@ -109,14 +73,11 @@ async fn handle(
             ),
         },
         "/metrics" => match app {
-            Some(app) => {
-                refresh_gauges(app);
-                text(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    app.metrics.render(),
-                )
-            }
+            Some(app) => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(app),
+            ),
             None => text(StatusCode::OK, "text/plain; version=0.0.4", String::new()),
         },
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
@@ -129,11 +90,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves probes until the process ends.
-pub async fn serve(listener: TcpListener, state: Arc<ProbeState>) {
+/// Serves probes until stopped (the last thing a shutdown stops).
+pub async fn serve(listener: TcpListener, state: Arc<ProbeState>, mut stop: Stop) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait() => return,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };

@@ -25,12 +25,13 @@
 //! one lease alive on a thread of its own.
 
 use crate::node::NodeIdentity;
+use crate::redis_reply::{int, text};
+use crate::stop::{Stop, Worker};
 use parking_lot::Mutex;
 use redis::{Client, Connection, RedisResult, Script, Value};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The keys of one lease: the lease itself and its epoch counter.
@@ -156,22 +157,6 @@ pub enum Acquired {
     HeldBy(Holder),
 }
 
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::Int(n) => *n,
-        _ => 0,
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        _ => String::new(),
-    }
-}
-
 fn lease_value_epoch(value: &str) -> u64 {
     Holder::parse(value, 0).epoch
 }
@@ -273,7 +258,6 @@ struct Kept {
     /// Set once `lost` holds a reason (read on every mutation: no lock).
     is_lost: AtomicBool,
     lost: Mutex<Option<String>>,
-    stop: AtomicBool,
 }
 
 impl Kept {
@@ -288,18 +272,18 @@ impl Kept {
     /// Renews the lease every third of its length until stopped or lost
     /// (sooner again after a failed attempt: a cut connection must not cost
     /// the lease).
-    fn keep(&self) {
+    fn keep(&self, stop: Stop) {
         let mut conn: Option<Connection> = None;
         let mut unreachable_logged = false;
         let mut lapsed_logged = false;
-        while !self.stop.load(Ordering::Acquire) {
+        while !stop.requested() {
             let wait = if conn.is_none() {
                 self.renew_interval().min(RETRY_AFTER_FAILURE)
             } else {
                 self.renew_interval()
             };
-            std::thread::park_timeout(wait);
-            if self.stop.load(Ordering::Acquire) {
+            stop.sleep(wait);
+            if stop.requested() {
                 break;
             }
             let sent_ms = self.now_ms();
@@ -381,10 +365,11 @@ impl Kept {
     }
 }
 
-/// A lease this process holds, renewed by a thread of its own.
+/// A lease this process holds, renewed by a thread of its own (stopped when
+/// the lease is released or dropped).
 pub struct Lease {
     kept: Arc<Kept>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    keeper: Mutex<Option<Worker>>,
 }
 
 /// How soon the keeper tries again after a failed renewal.
@@ -393,6 +378,56 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
 const ACQUIRE_SLACK: Duration = Duration::from_millis(500);
 /// How often acquisition looks again while another node holds the lease.
 const ACQUIRE_POLL: Duration = Duration::from_millis(100);
+
+/// Tries [`try_acquire`] until the lease is taken, for up to one lease length
+/// (plus [`ACQUIRE_SLACK`]) while another node holds it. Returns the value,
+/// the epoch and when the winning attempt was sent.
+fn take_when_free(
+    conn: &mut Connection,
+    keys: &LeaseKeys,
+    owner: &NodeIdentity,
+    ttl_ms: u64,
+    url: &str,
+) -> Result<(String, u64, Instant), String> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(ttl_ms) + ACQUIRE_SLACK;
+    let mut waiting_logged = false;
+    loop {
+        let sent = Instant::now();
+        let acquired = try_acquire(conn, keys, owner, ttl_ms)
+            .map_err(|e| format!("taking the lease on Redis at {url}: {e}"))?;
+        match acquired {
+            Acquired::Taken {
+                value,
+                epoch,
+                replaced,
+            } => {
+                match replaced {
+                    Some(old) => tracing::info!(
+                        redis = %url, epoch, previous_pid = %old.pid,
+                        "took over the Redis lease this node held before (same data dir, previous process gone)"
+                    ),
+                    None => tracing::info!(redis = %url, epoch, "took the Redis lease"),
+                }
+                return Ok((value, epoch, sent));
+            }
+            Acquired::HeldBy(holder) => {
+                let now = Instant::now();
+                if now + ACQUIRE_POLL >= deadline || holder.expires_in_ms < 0 {
+                    return Err(format!(
+                        "Redis at {url} is owned by another creditd: {holder}; it stayed owned for the {} ms this process waited. One creditd may write a Redis keyspace: stop the other one, or give this one its own Redis (or database). A creditd that died loses its lease after cluster_lease_ms",
+                        started.elapsed().as_millis()
+                    ));
+                }
+                if !waiting_logged {
+                    tracing::warn!(redis = %url, "another creditd holds the Redis lease: {holder}; waiting up to {ttl_ms} ms for it to lapse");
+                    waiting_logged = true;
+                }
+                std::thread::sleep(ACQUIRE_POLL);
+            }
+        }
+    }
+}
 
 impl Lease {
     /// Takes the lease, waiting up to one lease length (plus a little) for
@@ -406,44 +441,7 @@ impl Lease {
         owner: &NodeIdentity,
         ttl_ms: u64,
     ) -> Result<Lease, String> {
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(ttl_ms) + ACQUIRE_SLACK;
-        let mut waiting_logged = false;
-        let (value, epoch, sent) = loop {
-            let sent = Instant::now();
-            let acquired = try_acquire(conn, &keys, owner, ttl_ms)
-                .map_err(|e| format!("taking the lease on Redis at {url}: {e}"))?;
-            match acquired {
-                Acquired::Taken {
-                    value,
-                    epoch,
-                    replaced,
-                } => {
-                    match replaced {
-                        Some(old) => tracing::info!(
-                            redis = %url, epoch, previous_pid = %old.pid,
-                            "took over the Redis lease this node held before (same data dir, previous process gone)"
-                        ),
-                        None => tracing::info!(redis = %url, epoch, "took the Redis lease"),
-                    }
-                    break (value, epoch, sent);
-                }
-                Acquired::HeldBy(holder) => {
-                    let now = Instant::now();
-                    if now + ACQUIRE_POLL >= deadline || holder.expires_in_ms < 0 {
-                        return Err(format!(
-                            "Redis at {url} is owned by another creditd: {holder}; it stayed owned for the {} ms this process waited. One creditd may write a Redis keyspace: stop the other one, or give this one its own Redis (or database). A creditd that died loses its lease after cluster_lease_ms",
-                            started.elapsed().as_millis()
-                        ));
-                    }
-                    if !waiting_logged {
-                        tracing::warn!(redis = %url, "another creditd holds the Redis lease: {holder}; waiting up to {ttl_ms} ms for it to lapse");
-                        waiting_logged = true;
-                    }
-                    std::thread::sleep(ACQUIRE_POLL);
-                }
-            }
-        };
+        let (value, epoch, sent) = take_when_free(conn, &keys, owner, ttl_ms, url)?;
         let origin = Instant::now();
         let valid_for = (ttl_ms - ttl_ms / 10).saturating_sub(sent.elapsed().as_millis() as u64);
         let kept = Arc::new(Kept {
@@ -457,18 +455,14 @@ impl Lease {
             valid_until_ms: AtomicU64::new(valid_for),
             is_lost: AtomicBool::new(false),
             lost: Mutex::new(None),
-            stop: AtomicBool::new(false),
         });
-        let thread = {
+        let keeper = {
             let kept = kept.clone();
-            std::thread::Builder::new()
-                .name("creditd-lease".into())
-                .spawn(move || kept.keep())
-                .map_err(|e| format!("cannot start the lease thread: {e}"))?
+            Worker::thread("creditd-lease", move |stop| kept.keep(stop))?
         };
         Ok(Lease {
             kept,
-            thread: Mutex::new(Some(thread)),
+            keeper: Mutex::new(Some(keeper)),
         })
     }
 
@@ -495,18 +489,16 @@ impl Lease {
 
     /// Asks for a renewal now (a write found no lease: it lapsed in Redis).
     pub fn renew_now(&self) {
-        if let Some(thread) = self.thread.lock().as_ref() {
-            thread.thread().unpark();
+        if let Some(keeper) = self.keeper.lock().as_ref() {
+            keeper.wake();
         }
     }
 
     /// Stops renewing and gives the lease up if still held (graceful stop).
     pub fn release(&self) {
-        self.kept.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.lock().take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
+        // Stopped and joined as it drops (outside the lock).
+        let keeper = self.keeper.lock().take();
+        drop(keeper);
         if matches!(self.status(), LeaseStatus::Lost(_)) {
             return;
         }

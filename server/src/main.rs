@@ -1,5 +1,7 @@
 //! The `creditd` binary.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use creditd::cli::{LogFormat, Options};
 use std::io::IsTerminal;

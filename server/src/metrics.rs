@@ -1,26 +1,20 @@
-//! Prometheus metrics through the `metrics` crate. Per-command handles are
-//! registered once, so the hot path only bumps atomics (no label lookups).
+//! Counters and Prometheus metrics (through the `metrics` crate).
+//!
+//! The server-wide counts INFO shows are atomics in [`Counters`], and
+//! `/metrics` publishes those same atomics when it is scraped ([`render`]),
+//! so the two never disagree. Per-command handles are registered once, so the
+//! hot path only bumps atomics (no label lookups).
 
+use crate::app::App;
 use crate::commands::COMMANDS;
-use metrics::{counter, histogram, Counter, Histogram};
+use crate::error::ErrorCode;
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// Result codes a command can end with (label `result`).
-pub const CODES: &[&str] = &[
-    "ok",
-    "ERR",
-    "NOAUTH",
-    "WRONGPASS",
-    "NOPERM",
-    "INSUFFICIENT",
-    "NOTFOUND",
-    "CONFLICT",
-    "EXPIRED",
-    "NOTENTITLED",
-    "BUSY",
-    "NOPROTO",
-];
+/// The `result` label of a command that succeeded; a failed one has its code.
+const OK: &str = "ok";
 
 /// Latency buckets (seconds): from 5 µs to 1 s, dense where a reservation lives.
 pub const LATENCY_BUCKETS_S: &[f64] = &[
@@ -76,6 +70,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "creditd_protocol_errors_total",
         "Connections closed for malformed input (INFO total_protocol_errors).",
+    ),
+    (
+        "creditd_error_replies_total",
+        "Error replies sent, by code (INFO errorstat_<code>).",
     ),
     (
         "creditd_journal_wait_seconds",
@@ -139,19 +137,48 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("creditd_ready", "1 while /readyz answers 200."),
 ];
 
+/// Server-wide counts: the one copy INFO shows and `/metrics` publishes.
+#[derive(Default)]
+pub struct Counters {
+    pub connections_total: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_rejected: AtomicU64,
+    pub commands_processed: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    /// Error replies sent, indexed by [`ErrorCode::index`].
+    error_replies: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl Counters {
+    /// Counts one error reply.
+    #[inline]
+    pub fn error_reply(&self, code: ErrorCode) {
+        self.error_replies[code.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Error replies sent with `code`.
+    pub fn error_replies(&self, code: ErrorCode) -> u64 {
+        self.error_replies[code.index()].load(Ordering::Relaxed)
+    }
+
+    /// Every error reply sent.
+    pub fn total_error_replies(&self) -> u64 {
+        ErrorCode::ALL.iter().map(|&c| self.error_replies(c)).sum()
+    }
+}
+
 struct CommandMetrics {
     name: &'static str,
     latency: Histogram,
-    /// By result code, registered on first use: only results that happened
-    /// show up (no `quit/INSUFFICIENT` series).
-    results: Vec<OnceLock<Counter>>,
+    /// `ok` at 0, then each code at 1 + its index; registered on first use:
+    /// only results that happened show up (no `quit/INSUFFICIENT` series).
+    results: [OnceLock<Counter>; 1 + ErrorCode::ALL.len()],
 }
 
-/// The server's metric handles. Counters that INFO shows too are not kept
-/// here: `/metrics` publishes INFO's own counters (`ServerStats`) when it is
-/// scraped, so the two never disagree.
+/// The server's counters and metric handles.
 pub struct Metrics {
     handle: PrometheusHandle,
+    pub counters: Counters,
     commands: Vec<CommandMetrics>,
     unknown_commands: Counter,
     pub durability_wait: Histogram,
@@ -197,13 +224,14 @@ impl Metrics {
             .map(|spec| CommandMetrics {
                 name: spec.name,
                 latency: histogram!("creditd_command_duration_seconds", "command" => spec.name),
-                results: CODES.iter().map(|_| OnceLock::new()).collect(),
+                results: Default::default(),
             })
             .collect();
         Metrics {
             handle,
+            counters: Counters::default(),
             commands,
-            unknown_commands: counter!("creditd_commands_total", "command" => "unknown", "result" => "ERR"),
+            unknown_commands: counter!("creditd_commands_total", "command" => "unknown", "result" => ErrorCode::Err.as_str()),
             durability_wait: histogram!("creditd_journal_wait_seconds"),
             durability_timeouts: counter!("creditd_durability_timeouts_total"),
             journal_write: histogram!("creditd_journal_write_seconds"),
@@ -212,26 +240,24 @@ impl Metrics {
         }
     }
 
-    /// Records one command's result and execution time.
+    /// Records one command's result (None: it succeeded) and execution time.
     #[inline]
-    pub fn command(&self, index: usize, code: &str, seconds: f64) {
+    pub fn command(&self, index: usize, failed: Option<ErrorCode>, seconds: f64) {
         let m = &self.commands[index];
         m.latency.record(seconds);
-        let i = CODES.iter().position(|c| *c == code).unwrap_or(1);
-        m.results[i]
+        let (slot, label) = match failed {
+            None => (0, OK),
+            Some(code) => (1 + code.index(), code.as_str()),
+        };
+        m.results[slot]
             .get_or_init(
-                || counter!("creditd_commands_total", "command" => m.name, "result" => CODES[i]),
+                || counter!("creditd_commands_total", "command" => m.name, "result" => label),
             )
             .increment(1);
     }
 
     pub fn unknown_command(&self) {
         self.unknown_commands.increment(1);
-    }
-
-    /// Prometheus text.
-    pub fn render(&self) -> String {
-        self.handle.render()
     }
 
     /// Drains histogram samples into their buckets (bounded memory between scrapes).
@@ -243,5 +269,55 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Prometheus text: what is read from state rather than counted (engine,
+/// journal, Redis, readiness) and the [`Counters`] are set first.
+pub fn render(app: &App) -> String {
+    publish_state(app);
+    publish_counters(&app.metrics.counters);
+    app.metrics.handle.render()
+}
+
+fn publish_state(app: &App) {
+    let es = app.engine.stats();
+    gauge!("creditd_accounts").set(es.accounts as f64);
+    gauge!("creditd_open_holds").set(es.open_holds as f64);
+    counter!("creditd_hold_expiries_total").absolute(es.hold_expiries);
+    counter!("creditd_bucket_expiries_total").absolute(es.bucket_expiries);
+    counter!("creditd_renewals_total").absolute(es.renewals);
+    let js = app.journal.stats();
+    counter!("creditd_journal_bytes_written_total").absolute(js.bytes_written);
+    counter!("creditd_journal_records_total").absolute(js.records_written);
+    counter!("creditd_journal_writes_total").absolute(js.groups_written);
+    counter!("creditd_journal_fsyncs_total").absolute(js.fsyncs);
+    counter!("creditd_write_errors_total").absolute(js.write_errors);
+    gauge!("creditd_journal_last_write_seconds").set(js.last_write_latency_ns as f64 / 1e9);
+    gauge!("creditd_journal_last_fsync_seconds").set(js.last_fsync_latency_ns as f64 / 1e9);
+    gauge!("creditd_journal_pending_bytes").set(js.pending_bytes as f64);
+    gauge!("creditd_journal_segments").set(js.segment_count as f64);
+    let (connected, pending, lag_ms) = app.redis_status();
+    gauge!("creditd_redis_connected").set(connected as u8 as f64);
+    gauge!("creditd_redis_pending").set(pending as f64);
+    gauge!("creditd_redis_lag_seconds").set(lag_ms as f64 / 1e3);
+    if let Some(redis) = app.redis.read().as_ref() {
+        redis.export_metrics();
+    }
+    gauge!("creditd_ready").set(app.not_ready_reason().is_none() as u8 as f64);
+}
+
+fn publish_counters(c: &Counters) {
+    let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    gauge!("creditd_connections_open").set(read(&c.connections_open) as f64);
+    counter!("creditd_connections_total").absolute(read(&c.connections_total));
+    counter!("creditd_connections_rejected_total").absolute(read(&c.connections_rejected));
+    counter!("creditd_protocol_errors_total").absolute(read(&c.protocol_errors));
+    counter!("creditd_commands_processed_total").absolute(read(&c.commands_processed));
+    for code in ErrorCode::ALL {
+        let n = c.error_replies(code);
+        if n > 0 {
+            counter!("creditd_error_replies_total", "code" => code.as_str()).absolute(n);
+        }
     }
 }

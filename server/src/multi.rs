@@ -10,6 +10,7 @@
 //! replies in memory.
 
 use crate::conn::reserve_within;
+use crate::error::Failure;
 use smallvec::SmallVec;
 
 /// Most commands one MULTI may queue.
@@ -33,24 +34,24 @@ pub struct Multi {
 
 impl Multi {
     /// Queues a command that passed the checks made at queueing time (name,
-    /// arity). Past a bound the transaction fails and the refusal's error line
-    /// is returned; after a failure nothing is stored.
-    pub fn push(&mut self, args: &[&[u8]]) -> Result<(), &'static str> {
+    /// arity). Past a bound the transaction fails and the refusal is
+    /// returned; after a failure nothing is stored.
+    pub fn push(&mut self, args: &[&[u8]]) -> Result<(), Failure> {
         if self.failed {
             return Ok(());
         }
         if self.commands >= MULTI_MAX_COMMANDS {
             self.fail();
-            return Err(
-                "ERR too many commands in MULTI (limit 10000); EXEC will discard the transaction",
-            );
+            return Err(Failure::err(
+                "too many commands in MULTI (limit 10000); EXEC will discard the transaction",
+            ));
         }
         let bytes = PREFIX_BYTES + args.iter().map(|a| PREFIX_BYTES + a.len()).sum::<usize>();
         if self.queued.len() + bytes > MULTI_MAX_BYTES {
             self.fail();
-            return Err(
-                "ERR too many bytes in MULTI (limit 16 MiB); EXEC will discard the transaction",
-            );
+            return Err(Failure::err(
+                "too many bytes in MULTI (limit 16 MiB); EXEC will discard the transaction",
+            ));
         }
         reserve_within(&mut self.queued, bytes, MULTI_MAX_BYTES);
         // Both fit in u32: the whole queue is at most MULTI_MAX_BYTES.
@@ -168,7 +169,10 @@ mod tests {
             }
             assert!(m.queued.capacity() <= MULTI_MAX_BYTES);
         }
-        assert!(refused.unwrap().contains("too many bytes in MULTI"));
+        assert!(refused
+            .unwrap()
+            .to_string()
+            .contains("too many bytes in MULTI"));
         assert!(m.failed() && m.is_empty());
         assert_eq!(m.queued.capacity(), 0, "freed");
         // Nothing more is stored once failed.
@@ -185,6 +189,7 @@ mod tests {
         assert!(m
             .push(&[b"PING"])
             .unwrap_err()
+            .to_string()
             .contains("too many commands"));
         assert!(m.failed());
     }

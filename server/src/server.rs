@@ -4,23 +4,27 @@
 //! the engine under a shard lock for well under a microsecond, reply); the
 //! journal writer thread does all disk writes (group commit); a sweeper
 //! thread applies due expiries and renewals to idle accounts; a snapshot
-//! thread compacts the journal. No lock is ever held across I/O.
+//! thread compacts the journal. No lock is ever held across I/O. Each of
+//! these, and every task beside the connections, is a [`Worker`] that a
+//! graceful shutdown stops in turn.
 
-use crate::app::{load_config, open_to_anyone, App, Health, ServerStats};
+use crate::app::{load_config, open_to_anyone, App, Health};
 use crate::auth::Tokens;
 use crate::cli::Options;
 use crate::config::ServerConfig;
 use crate::datadir::DataDirLock;
+use crate::error::Failure;
 use crate::http::{self, ProbeState};
 use crate::metrics::Metrics;
 use crate::node::NodeIdentity;
-use crate::persist::{self, JournalSlot};
-use crate::writebehind::{self, dependency};
+use crate::persist::{self, JournalSlot, Recovery};
+use crate::stop::{Stop, Worker};
+use crate::writebehind::{self, dependency, Loaded, WriteBehind};
 use creditd_engine::clock::{wall_clock_ms, Clock, SystemClock, TestClock};
 use creditd_engine::Engine;
 use creditd_journal::JournalEvent;
 use parking_lot::RwLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -68,10 +72,81 @@ async fn serve(
         .map_err(|e| format!("cannot listen on {} (http): {e}", opts.http))?;
     // With port 0 the kernel picks one: from here on, the address is the real one.
     opts.http = http_listener.local_addr().unwrap_or(opts.http);
-    tokio::spawn(http::serve(http_listener, probes.clone()));
+    let _probe_server = {
+        let probes = probes.clone();
+        Worker::task(|stop| http::serve(http_listener, probes, stop))
+    };
     // Taken over from the default action (exit) now, acted on once serving.
     let hangups = hangup_signals()?;
 
+    let settings = config.settings;
+    let tokens = Tokens::new(&config.tokens);
+    let recovered = recover(&opts, config.engine, settings.cluster_lease_ms, &probes).await?;
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    let listen = listener.local_addr().unwrap_or(opts.listen);
+    data_dir_lock.record_addresses(listen, opts.http)?;
+    opts.listen = listen;
+    let app = Arc::new(App {
+        engine: recovered.engine,
+        opts: opts.clone(),
+        journal: recovered.recovery.journal.clone(),
+        durable: recovered.durable,
+        test_clock: recovered.test_clock,
+        tokens: RwLock::new(tokens),
+        settings: Arc::new(RwLock::new(settings)),
+        metrics: Metrics::new(),
+        health: Health::default(),
+        started: Instant::now(),
+        next_client_id: AtomicU64::new(0),
+        redis: RwLock::new(None),
+    });
+    observe_journal(&app);
+    let write_behind = match recovered.loaded {
+        Some(loaded) => Some(writebehind::start(app.clone(), loaded)?),
+        None => None,
+    };
+    let background = vec![
+        reload_on_hangup(app.clone(), hangups),
+        spawn_sweeper(app.engine.clone())?,
+        spawn_snapshotter(app.clone(), settings.snapshot_every_records)?,
+        metrics_upkeep(app.clone()),
+    ];
+
+    app.health.ready.store(true, Ordering::Release);
+    let _ = probes.app.set(app.clone());
+    tracing::info!(listen = %listen, http = %opts.http, "creditd ready");
+
+    let accept = {
+        let app = app.clone();
+        Worker::task(|stop| accept_loop(app, listener, stop))
+    };
+    shutdown_signal().await;
+    shut_down(&app, accept, background, write_behind).await
+}
+
+/// What recovery built: the engine holding every account, and the journal
+/// open after its last record.
+struct Recovered {
+    engine: Arc<Engine>,
+    recovery: Recovery,
+    /// The highest journal seq known durable.
+    durable: watch::Sender<u64>,
+    test_clock: Option<Arc<TestClock>>,
+    /// What start-up read from Redis (`--redis`), for the write-behind.
+    loaded: Option<Loaded>,
+}
+
+/// Builds the engine from what Redis holds (with `--redis`), then the latest
+/// snapshot and the journal after it. `/readyz` tells which step runs.
+async fn recover(
+    opts: &Options,
+    config: creditd_engine::config::Config,
+    lease_ms: u64,
+    probes: &ProbeState,
+) -> Result<Recovered, String> {
     let test_clock = opts
         .test_clock
         .then(|| Arc::new(TestClock::new(wall_clock_ms())));
@@ -79,11 +154,9 @@ async fn serve(
         Some(c) => c.clone(),
         None => Arc::new(SystemClock),
     };
-    let settings = config.settings;
-    let tokens = Tokens::new(&config.tokens);
     let slot = Arc::new(JournalSlot::default());
     let engine =
-        Arc::new(Engine::new(config.engine, clock, slot.clone()).track_dirty(opts.redis.is_some()));
+        Arc::new(Engine::new(config, clock, slot.clone()).track_dirty(opts.redis.is_some()));
 
     // With --redis, recovery starts from what Redis holds, before the journal
     // is opened (after taking the lease on the Redis keyspace): the journal
@@ -91,49 +164,16 @@ async fn serve(
     // are skipped by its applied_seq) and continues numbering after the
     // highest version in Redis. Without it, a data dir whose state came partly
     // from Redis is refused.
-    let mut loaded = None;
-    if let Some(url) = &opts.redis {
-        *probes.recovering_reason.lock() =
-            "taking the Redis lease, loading state from Redis".into();
-        let started = Instant::now();
-        let lease_ms = settings.cluster_lease_ms;
-        let l = tokio::task::block_in_place(|| {
-            let node = NodeIdentity::load_or_create(&opts.data_dir)?;
-            let l = writebehind::load(&engine, url, &node, lease_ms)?;
-            dependency::check_with_redis(&opts.data_dir, &writebehind::shown(url), l.redis_seq())?;
-            Ok::<_, String>(l)
-        })?;
-        tracing::info!(
-            accounts = l.accounts,
-            min_next_seq = l.base.min_next_seq,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "loaded state from Redis"
-        );
-        *probes.recovering_reason.lock() = "recovering".into();
-        loaded = Some(l);
-    } else {
-        dependency::check_without_redis(&opts.data_dir)?;
-    }
-    let base = loaded.as_mut().map(|l| std::mem::take(&mut l.base));
+    let mut loaded = match &opts.redis {
+        Some(url) => Some(load_from_redis(opts, url, &engine, lease_ms, probes)?),
+        None => {
+            dependency::check_without_redis(&opts.data_dir)?;
+            None
+        }
+    };
 
     let (durable_tx, _) = watch::channel(0u64);
-    let fsync = opts.fsync;
-    tracing::info!(data_dir = %opts.data_dir.display(), fsync = fsync.as_str(), "recovering");
-    let recovery = {
-        let engine = engine.clone();
-        let dir = opts.data_dir.clone();
-        let tx = durable_tx.clone();
-        let (recovery, base) = tokio::task::spawn_blocking(move || {
-            let recovery = persist::recover(&engine, &dir, fsync, tx, base.as_ref());
-            (recovery, base)
-        })
-        .await
-        .map_err(|e| format!("recovery panicked: {e}"))?;
-        if let (Some(l), Some(base)) = (loaded.as_mut(), base) {
-            l.base = base;
-        }
-        recovery?
-    };
+    let recovery = replay_journal(opts, &engine, &durable_tx, loaded.as_mut()).await?;
     if let (Some(l), Some(url)) = (&loaded, &opts.redis) {
         dependency::record_if_arisen(
             &opts.data_dir,
@@ -143,12 +183,6 @@ async fn serve(
             l.holds_other_nodes_state(),
         )?;
     }
-    if let Some((file, offset)) = &recovery.report.torn_tail {
-        tracing::warn!(file = %file.display(), offset, "cut off a torn last journal record (it was never acknowledged)");
-    }
-    for w in &recovery.report.warnings {
-        tracing::warn!("{w}");
-    }
     durable_tx.send_replace(recovery.report.last_seq);
     slot.set(recovery.journal.clone());
     if let Some(clock) = &test_clock {
@@ -156,6 +190,78 @@ async fn serve(
         let latest = recovery.max_at_ms.max(engine.latest_instant_ms());
         let _ = clock.set(latest.max(clock.now_ms()));
     }
+    log_recovered(&engine, &recovery);
+    Ok(Recovered {
+        engine,
+        recovery,
+        durable: durable_tx,
+        test_clock,
+        loaded,
+    })
+}
+
+/// Takes the lease on the Redis keyspace and loads every account Redis holds.
+fn load_from_redis(
+    opts: &Options,
+    url: &str,
+    engine: &Engine,
+    lease_ms: u64,
+    probes: &ProbeState,
+) -> Result<Loaded, String> {
+    *probes.recovering_reason.lock() = "taking the Redis lease, loading state from Redis".into();
+    let started = Instant::now();
+    let l = tokio::task::block_in_place(|| {
+        let node = NodeIdentity::load_or_create(&opts.data_dir)?;
+        let l = writebehind::load(engine, url, &node, lease_ms)?;
+        dependency::check_with_redis(&opts.data_dir, &writebehind::shown(url), l.redis_seq())?;
+        Ok::<_, String>(l)
+    })?;
+    tracing::info!(
+        accounts = l.accounts,
+        min_next_seq = l.base.min_next_seq,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "loaded state from Redis"
+    );
+    *probes.recovering_reason.lock() = "recovering".into();
+    Ok(l)
+}
+
+/// Opens the journal and replays it into `engine` (on a blocking thread),
+/// over what Redis held, if anything.
+async fn replay_journal(
+    opts: &Options,
+    engine: &Arc<Engine>,
+    durable_tx: &watch::Sender<u64>,
+    loaded: Option<&mut Loaded>,
+) -> Result<Recovery, String> {
+    let fsync = opts.fsync;
+    tracing::info!(data_dir = %opts.data_dir.display(), fsync = fsync.as_str(), "recovering");
+    // Lent to the blocking thread and given back: the write-behind needs it.
+    let mut loaded = loaded;
+    let base = loaded.as_deref_mut().map(|l| std::mem::take(&mut l.base));
+    let engine = engine.clone();
+    let dir = opts.data_dir.clone();
+    let tx = durable_tx.clone();
+    let (recovery, base) = tokio::task::spawn_blocking(move || {
+        let recovery = persist::recover(&engine, &dir, fsync, tx, base.as_ref());
+        (recovery, base)
+    })
+    .await
+    .map_err(|e| format!("recovery panicked: {e}"))?;
+    if let (Some(l), Some(base)) = (loaded, base) {
+        l.base = base;
+    }
+    let recovery = recovery?;
+    if let Some((file, offset)) = &recovery.report.torn_tail {
+        tracing::warn!(file = %file.display(), offset, "cut off a torn last journal record (it was never acknowledged)");
+    }
+    for w in &recovery.report.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(recovery)
+}
+
+fn log_recovered(engine: &Engine, recovery: &Recovery) {
     let stats = engine.stats();
     tracing::info!(
         accounts = stats.accounts,
@@ -166,90 +272,52 @@ async fn serve(
         elapsed_ms = recovery.elapsed_ms as u64,
         "recovered"
     );
+}
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
-    let listen = listener.local_addr().unwrap_or(opts.listen);
-    data_dir_lock.record_addresses(listen, opts.http)?;
-    opts.listen = listen;
-    let app = Arc::new(App {
-        engine: engine.clone(),
-        opts: opts.clone(),
-        journal: recovery.journal.clone(),
-        durable: durable_tx,
-        test_clock,
-        tokens: RwLock::new(tokens),
-        settings: Arc::new(RwLock::new(settings)),
-        stats: ServerStats::default(),
-        metrics: Metrics::new(),
-        health: Health::default(),
-        started: Instant::now(),
-        next_client_id: AtomicU64::new(0),
-        redis: RwLock::new(None),
-    });
-    {
-        // Journal write and fsync latencies as histograms (recorded on the
-        // writer thread: one atomic bucket update per group).
-        let (write, fsync, bytes) = (
-            app.metrics.journal_write.clone(),
-            app.metrics.journal_fsync.clone(),
-            app.metrics.journal_group_bytes.clone(),
-        );
-        app.journal.set_observer(Box::new(move |event| match event {
-            JournalEvent::Write {
-                latency_ns,
-                bytes: n,
-            } => {
-                write.record(latency_ns as f64 / 1e9);
-                bytes.record(n as f64);
-            }
-            JournalEvent::Fsync { latency_ns } => fsync.record(latency_ns as f64 / 1e9),
-        }));
-    }
-    if let Some(loaded) = loaded {
-        writebehind::start(app.clone(), loaded)?;
-    }
+/// Journal write and fsync latencies as histograms (recorded on the writer
+/// thread: one atomic bucket update per group).
+fn observe_journal(app: &App) {
+    let (write, fsync, bytes) = (
+        app.metrics.journal_write.clone(),
+        app.metrics.journal_fsync.clone(),
+        app.metrics.journal_group_bytes.clone(),
+    );
+    app.journal.set_observer(Box::new(move |event| match event {
+        JournalEvent::Write {
+            latency_ns,
+            bytes: n,
+        } => {
+            write.record(latency_ns as f64 / 1e9);
+            bytes.record(n as f64);
+        }
+        JournalEvent::Fsync { latency_ns } => fsync.record(latency_ns as f64 / 1e9),
+    }));
+}
 
-    reload_on_hangup(app.clone(), hangups);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sweeper = spawn_sweeper(engine.clone(), stop.clone());
-    let snapshot_every = settings.snapshot_every_records;
-    let snapshotter = spawn_snapshotter(app.clone(), snapshot_every, stop.clone());
-    {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                app.metrics.upkeep();
-            }
-        });
-    }
-
-    app.health.ready.store(true, Ordering::Release);
-    let _ = probes.app.set(app.clone());
-    tracing::info!(listen = %listen, http = %opts.http, "creditd ready");
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let accept = accept_loop(app.clone(), listener, shutdown_rx.clone());
-    tokio::select! {
-        _ = accept => {}
-        _ = shutdown_signal() => {}
-    }
-
-    // Graceful shutdown: not ready, stop accepting, drain, flush.
+/// Graceful shutdown: not ready, stop accepting, drain the connections
+/// (for up to `--shutdown-grace-s`), stop the background work, flush.
+async fn shut_down(
+    app: &App,
+    accept: Worker,
+    background: Vec<Worker>,
+    write_behind: Option<WriteBehind>,
+) -> Result<(), String> {
     tracing::info!("shutting down");
     app.health.shutting_down.store(true, Ordering::Release);
-    let _ = shutdown_tx.send(true);
-    let deadline = Instant::now() + Duration::from_secs(opts.shutdown_grace_s);
-    while app.stats.connections_open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+    // The accept loop's stop is every connection's: idle ones close now,
+    // busy ones once their replies are out.
+    accept.shutdown().await;
+    let open = &app.metrics.counters.connections_open;
+    let deadline = Instant::now() + Duration::from_secs(app.opts.shutdown_grace_s);
+    while open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::Release);
-    let _ = sweeper.join();
-    let _ = snapshotter.join();
-    writebehind::stop(&app).await;
+    for worker in background {
+        worker.shutdown().await;
+    }
+    if let Some(write_behind) = write_behind {
+        write_behind.shutdown().await;
+    }
     app.journal
         .shutdown()
         .map_err(|e| format!("journal flush failed at shutdown: {e}"))?;
@@ -260,9 +328,15 @@ async fn serve(
     Ok(())
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+/// Accepts connections until stopped; each connection gets the same stop.
+async fn accept_loop(app: Arc<App>, listener: TcpListener, mut stop: Stop) {
+    let counters = &app.metrics.counters;
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait() => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -271,31 +345,37 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, shutdown: watch::Rece
                 continue;
             }
         };
-        app.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        let open = app.stats.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
+        counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        let open = counters.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
         if open > u64::from(app.settings.read().max_clients) {
             tracing::debug!(%peer, "connection refused: max_clients reached");
-            app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
-            app.stats
+            counters.connections_open.fetch_sub(1, Ordering::AcqRel);
+            counters
                 .connections_rejected
                 .fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
+            tokio::spawn(refuse_connection(stream));
             continue;
         }
         tracing::debug!(%peer, open, "connection accepted");
         let app = app.clone();
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            crate::conn::serve(app.clone(), stream, shutdown).await;
-            app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+            crate::conn::serve(app.clone(), stream, stop).await;
+            app.metrics
+                .counters
+                .connections_open
+                .fetch_sub(1, Ordering::AcqRel);
             tracing::debug!(%peer, "connection closed");
         });
     }
+}
+
+/// Answers a connection over `max_clients` with an error and closes it.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    let mut line = Vec::new();
+    Failure::err("max number of clients reached").encode(&mut line);
+    let _ = stream.write_all(&line).await;
+    let _ = stream.shutdown().await;
 }
 
 async fn shutdown_signal() {
@@ -334,76 +414,93 @@ fn hangup_signals() -> Result<Hangups, String> {
 /// SIGHUP rereads the config exactly as CONFIG RELOAD does (same checks;
 /// `App::reload_config` logs what was loaded, or why not and that the old
 /// config stays). It never stops the server.
-fn reload_on_hangup(app: Arc<App>, hangups: Hangups) {
-    #[cfg(unix)]
-    {
-        let mut hangups = hangups;
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
+fn reload_on_hangup(app: Arc<App>, hangups: Hangups) -> Worker {
+    Worker::task(|mut stop| async move {
+        #[cfg(unix)]
+        {
+            let mut hangups = hangups;
+            loop {
+                tokio::select! {
+                    hangup = hangups.recv() => if hangup.is_none() { return },
+                    _ = stop.wait() => return,
+                }
                 let _ = app.reload_config("SIGHUP");
             }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = (app, hangups);
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (app, hangups);
+            stop.wait().await;
+        }
+    })
 }
 
-fn spawn_sweeper(engine: Arc<Engine>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("creditd-sweeper".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(SWEEP_INTERVAL_MS));
-                // Bounded passes: at most 64 full budgets before sleeping again.
-                let mut visited = 0;
-                for _ in 0..64 {
-                    let n = engine.sweep(SWEEP_BUDGET);
-                    visited += n;
-                    if n < SWEEP_BUDGET {
-                        break;
-                    }
-                }
-                if visited > 0 {
-                    tracing::debug!(
-                        accounts = visited,
-                        "sweeper applied due expiries and renewals"
+/// Drains histogram samples into their buckets every few seconds.
+fn metrics_upkeep(app: Arc<App>) -> Worker {
+    Worker::task(|mut stop| async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => app.metrics.upkeep(),
+                _ = stop.wait() => return,
+            }
+        }
+    })
+}
+
+/// Applies due expiries and renewals to idle accounts, every
+/// [`SWEEP_INTERVAL_MS`].
+fn spawn_sweeper(engine: Arc<Engine>) -> Result<Worker, String> {
+    Worker::thread("creditd-sweeper", move |stop| loop {
+        stop.sleep(Duration::from_millis(SWEEP_INTERVAL_MS));
+        if stop.requested() {
+            return;
+        }
+        // Bounded passes: at most 64 full budgets before sleeping again.
+        let mut visited = 0;
+        for _ in 0..64 {
+            let n = engine.sweep(SWEEP_BUDGET);
+            visited += n;
+            if n < SWEEP_BUDGET {
+                break;
+            }
+        }
+        if visited > 0 {
+            tracing::debug!(
+                accounts = visited,
+                "sweeper applied due expiries and renewals"
+            );
+        }
+    })
+}
+
+/// Takes a snapshot once `every_records` records accumulated since the last.
+fn spawn_snapshotter(app: Arc<App>, every_records: u64) -> Result<Worker, String> {
+    Worker::thread("creditd-snapshot", move |stop| {
+        let mut last = app.journal.stats().last_seq;
+        loop {
+            stop.sleep(Duration::from_millis(SNAPSHOT_CHECK_MS));
+            if stop.requested() {
+                return;
+            }
+            let seq = app.journal.stats().last_seq;
+            if seq.saturating_sub(last) < every_records {
+                continue;
+            }
+            let started = Instant::now();
+            match persist::take_snapshot(&app.engine, &app.journal) {
+                Ok((first_seq, bytes)) => {
+                    last = seq;
+                    writebehind::snapshot_taken(&app, first_seq);
+                    tracing::info!(
+                        first_seq,
+                        bytes,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "snapshot written; older journal segments removed"
                     );
                 }
+                Err(e) => tracing::warn!("snapshot failed: {e}"),
             }
-        })
-        .expect("spawn sweeper")
-}
-
-fn spawn_snapshotter(
-    app: Arc<App>,
-    every_records: u64,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("creditd-snapshot".into())
-        .spawn(move || {
-            let mut last = app.journal.stats().last_seq;
-            while !stop.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(SNAPSHOT_CHECK_MS));
-                let seq = app.journal.stats().last_seq;
-                if seq.saturating_sub(last) < every_records {
-                    continue;
-                }
-                let started = Instant::now();
-                match persist::take_snapshot(&app.engine, &app.journal) {
-                    Ok((first_seq, bytes)) => {
-                        last = seq;
-                        writebehind::snapshot_taken(&app, first_seq);
-                        tracing::info!(
-                            first_seq,
-                            bytes,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "snapshot written; older journal segments removed"
-                        );
-                    }
-                    Err(e) => tracing::warn!("snapshot failed: {e}"),
-                }
-            }
-        })
-        .expect("spawn snapshotter")
+        }
+    })
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::io::Write as _;
 use std::process::Command;
 
 const TOKENS: &str = r#"
@@ -204,6 +205,65 @@ fn probes_metrics_and_info() {
     ] {
         assert!(all.contains(key), "INFO lacks {key}: {all}");
     }
+}
+
+/// `field:value` (or `field:count=value`) in INFO text, 0 if absent.
+fn info_count(info: &str, field: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim_start_matches("count=").parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Error replies are counted by code, once, in INFO and in /metrics alike:
+/// one before AUTH, two refused commands, an unknown one. (Raw sockets: a
+/// client library's own setup commands would be counted too; and counts are
+/// compared before and after, since the test harness's start-up probe is an
+/// INFO before AUTH.)
+#[test]
+fn error_replies_are_counted_by_code() {
+    let srv = start_with_tokens();
+    let mut s = srv.raw();
+    s.write_all(b"AUTH admin-secret\r\nINFO\r\n").unwrap();
+    let before = read_replies(&mut s, 2).pop().unwrap();
+    let metrics_before = srv.http_get("/metrics").1;
+    let mut anon = srv.raw();
+    anon.write_all(b"BALANCE x\r\n").unwrap();
+    assert!(read_replies(&mut anon, 1)[0].starts_with("-NOAUTH "));
+    s.write_all(b"RESERVE e h 5\r\nRESERVE e h2 5\r\nNOSUCH\r\nINFO\r\n")
+        .unwrap();
+    let replies = read_replies(&mut s, 4);
+    let codes: Vec<&str> = replies[..3]
+        .iter()
+        .map(|r| r.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(codes, ["-INSUFFICIENT", "-INSUFFICIENT", "-ERR"]);
+    let after = &replies[3];
+    assert!(after.contains("# Errorstats\r\n"), "{after}");
+    let metrics_after = srv.http_get("/metrics").1;
+    for (code, n) in [
+        ("INSUFFICIENT", 2),
+        ("NOAUTH", 1),
+        ("ERR", 1),
+        ("CONFLICT", 0),
+    ] {
+        let field = format!("errorstat_{code}");
+        assert_eq!(
+            info_count(after, &field) - info_count(&before, &field),
+            n,
+            "{code} in INFO: {after}"
+        );
+        let series = format!("creditd_error_replies_total{{code=\"{code}\"}}");
+        assert_eq!(
+            metric(&metrics_after, &series) - metric(&metrics_before, &series),
+            n as f64,
+            "{code} in /metrics: {metrics_after}"
+        );
+    }
+    assert_eq!(
+        info_count(after, "total_error_replies") - info_count(&before, "total_error_replies"),
+        4
+    );
 }
 
 #[test]

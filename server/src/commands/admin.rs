@@ -10,7 +10,7 @@ pub fn info(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resul
     let section = a
         .get(1)
         .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
-    let text = app.info(section.as_deref());
+    let text = crate::info::info(app, section.as_deref());
     encode::verbatim_or_bulk(out, s.proto, &text);
     Ok(Flow::Done)
 }

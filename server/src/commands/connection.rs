@@ -3,6 +3,7 @@
 
 use super::{is, Failure, Flow, Session, COMMANDS};
 use crate::app::App;
+use crate::error::ErrorCode;
 use crate::resp::encode::{self, Proto};
 
 /// Longest client name or library name/version a connection keeps: they live
@@ -24,7 +25,7 @@ pub fn ping(_: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<
     match a.len() {
         1 => encode::simple(out, "PONG"),
         2 => encode::bulk(out, a[1]),
-        _ => return Err(Failure::err("wrong number of arguments for 'ping' command")),
+        _ => return Err(Failure::arity("ping")),
     }
     Ok(Flow::Done)
 }
@@ -60,7 +61,12 @@ pub fn hello(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
         proto = match *v {
             b"2" => Proto::Resp2,
             b"3" => Proto::Resp3,
-            _ => return Err(Failure("NOPROTO unsupported protocol version".into())),
+            _ => {
+                return Err(Failure::new(
+                    ErrorCode::NoProto,
+                    "unsupported protocol version",
+                ))
+            }
         };
         i = 2;
     }
@@ -78,8 +84,9 @@ pub fn hello(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
         }
     }
     if role.is_none() {
-        return Err(Failure(
-            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into(),
+        return Err(Failure::new(
+            ErrorCode::NoAuth,
+            "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
         ));
     }
     s.role = role;

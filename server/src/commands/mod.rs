@@ -11,9 +11,11 @@ mod reads;
 
 use crate::app::App;
 use crate::config::Role;
+use crate::error::ErrorCode;
+pub use crate::error::Failure;
 use crate::multi::{Exec, Multi};
 use crate::resp::encode::{self, Proto};
-use creditd_engine::{EngineError, Outcome};
+use creditd_engine::Outcome;
 
 /// Per-connection state the commands see and change.
 pub struct Session {
@@ -30,6 +32,24 @@ pub struct Session {
     pub multi: Option<Multi>,
     /// The commands of an EXEC not yet run (None: no EXEC running).
     pub exec: Option<Exec>,
+}
+
+impl Session {
+    /// A new connection's session: RESP2, acting as `role` (None: it must
+    /// authenticate first).
+    pub fn new(id: u64, role: Option<Role>) -> Session {
+        Session {
+            id,
+            proto: Proto::Resp2,
+            role,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            closing: false,
+            multi: None,
+            exec: None,
+        }
+    }
 }
 
 /// Who may run a command (contract §6).
@@ -66,33 +86,6 @@ pub enum Flow {
     Done,
     /// The reply may go out once the journal is durable up to this seq.
     Wait(u64),
-}
-
-/// A refused command: the full error line (its first word is the code).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure(pub String);
-
-impl Failure {
-    pub fn err(msg: impl AsRef<str>) -> Self {
-        Failure(format!("ERR {}", msg.as_ref()))
-    }
-    pub fn syntax() -> Self {
-        Failure::err("syntax error")
-    }
-    /// A bad number, worded as Redis words it but naming the argument.
-    pub fn not_integer(what: &str) -> Self {
-        Failure::err(format!("{what} is not an integer or out of range"))
-    }
-    /// The code word, for metrics.
-    pub fn code(&self) -> &str {
-        self.0.split(' ').next().unwrap_or("ERR")
-    }
-}
-
-impl From<EngineError> for Failure {
-    fn from(e: EngineError) -> Self {
-        Failure(e.to_string())
-    }
 }
 
 pub type Handler = fn(&App, &mut Session, &[&[u8]], &mut Vec<u8>) -> Result<Flow, Failure>;
@@ -235,7 +228,8 @@ pub fn is(arg: &[u8], keyword: &str) -> bool {
 
 /// A sku or plan name as UTF-8 (names in the config are UTF-8; anything else is unknown).
 pub fn name<'a>(arg: &'a [u8], what: &str) -> Result<&'a str, Failure> {
-    std::str::from_utf8(arg).map_err(|_| Failure(format!("NOTFOUND no such {what}")))
+    std::str::from_utf8(arg)
+        .map_err(|_| Failure::new(ErrorCode::NotFound, format!("no such {what}")))
 }
 
 /// Encodes an engine mutation outcome as an integer reply.
@@ -307,7 +301,7 @@ mod tests {
     use super::*;
 
     fn message(r: Result<u64, Failure>) -> String {
-        r.expect_err("refused").0
+        r.expect_err("refused").to_string()
     }
 
     #[test]
@@ -364,7 +358,7 @@ mod tests {
         );
         assert_eq!(parse_u32(b"4294967295", "SEATS"), Ok(u32::MAX));
         assert_eq!(
-            parse_u32(b"4294967296", "SEATS").unwrap_err().0,
+            parse_u32(b"4294967296", "SEATS").unwrap_err().to_string(),
             "ERR SEATS is not an integer or out of range"
         );
         assert_eq!(parse_ttl(b"1", "TTL"), Ok(1));

@@ -1,9 +1,13 @@
-//! Reply encoding, appended to a connection's output buffer.
+//! RESP encoding, appended to a buffer: a connection's replies, and the requests
+//! the Redis write-behind sends (arrays of bulk strings).
 //!
 //! Every function appends one complete RESP value (or an aggregate's header, whose
-//! elements the caller appends next), so a pipeline's replies accumulate in one `Vec`
-//! and go out in a single write. Numbers are formatted without `format!`: integer and
-//! length formatting is on the hot path of every reply.
+//! elements the caller appends next), so a pipeline's replies (or requests) accumulate
+//! in one `Vec` and go out in a single write. Numbers are formatted without `format!`:
+//! integer and length formatting is on the hot path of every reply.
+
+use std::fmt;
+use std::io::Write as _;
 
 /// The protocol a connection speaks: RESP2 by default, RESP3 after `HELLO 3`. Only
 /// nulls, maps and verbatim text differ, so only those functions take it.
@@ -15,18 +19,22 @@ pub enum Proto {
     Resp3,
 }
 
-fn push_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+/// `v` in decimal, written at the end of `buf`.
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
     loop {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+        buf[i] = b'0' + (v % 10) as u8;
         v /= 10;
         if v == 0 {
-            break;
+            return &buf[i..];
         }
     }
-    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_u64(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 20];
+    out.extend_from_slice(decimal(v, &mut buf));
 }
 
 fn header(out: &mut Vec<u8>, tag: u8, n: usize) {
@@ -51,10 +59,19 @@ pub fn simple(out: &mut Vec<u8>, s: &str) {
     line(out, b'+', s);
 }
 
-/// Error reply: `msg` starts with its code word (`ERR`, `INSUFFICIENT`, ...), which
-/// clients parse; CR/LF in it become spaces so a message can never break framing.
-pub fn error(out: &mut Vec<u8>, msg: &str) {
-    line(out, b'-', msg);
+/// Error reply `-code detail`: clients parse the code word (`ERR`, `INSUFFICIENT`,
+/// ...); CR/LF in the detail become spaces so a message can never break framing.
+pub fn error(out: &mut Vec<u8>, code: &str, detail: impl fmt::Display) {
+    let start = out.len();
+    out.push(b'-');
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{code} {detail}");
+    for b in &mut out[start..] {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Integer reply `:n`, the result of nearly every creditd command.
@@ -72,6 +89,20 @@ pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
     header(out, b'$', b.len());
     out.extend_from_slice(b);
     out.extend_from_slice(b"\r\n");
+}
+
+/// One bulk string made of two parts, e.g. a key prefix and an id.
+pub fn bulk_concat(out: &mut Vec<u8>, a: &[u8], b: &[u8]) {
+    header(out, b'$', a.len() + b.len());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A number as a bulk string (how requests carry numbers).
+pub fn bulk_u64(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 20];
+    bulk(out, decimal(v, &mut buf));
 }
 
 /// [`bulk`] for text, e.g. field names in *fields* replies.
@@ -129,11 +160,28 @@ mod tests {
     #[test]
     fn scalars() {
         assert_eq!(enc(|o| simple(o, "OK")), "+OK\r\n");
-        assert_eq!(enc(|o| error(o, "ERR bad\r\nthing")), "-ERR bad  thing\r\n");
+        assert_eq!(
+            enc(|o| error(o, "ERR", "bad\r\nthing")),
+            "-ERR bad  thing\r\n"
+        );
         assert_eq!(enc(|o| bulk(o, b"a\r\nb")), "$4\r\na\r\nb\r\n");
         assert_eq!(enc(|o| bulk_str(o, "")), "$0\r\n\r\n");
         assert_eq!(enc(|o| null(o, Proto::Resp2)), "$-1\r\n");
         assert_eq!(enc(|o| null(o, Proto::Resp3)), "_\r\n");
+    }
+
+    #[test]
+    fn requests() {
+        let mut out = Vec::new();
+        array_header(&mut out, 3);
+        bulk(&mut out, b"HSET");
+        bulk_concat(&mut out, b"k:", b"a");
+        bulk_u64(&mut out, 0);
+        bulk_u64(&mut out, u64::MAX);
+        assert_eq!(
+            out,
+            b"*3\r\n$4\r\nHSET\r\n$3\r\nk:a\r\n$1\r\n0\r\n$20\r\n18446744073709551615\r\n"
+        );
     }
 
     #[test]

@@ -95,6 +95,64 @@ fn warn_if_evicting(conn: &mut Connection, url: &str) {
     }
 }
 
+/// `creditd:acct:*`, for SCAN.
+fn account_pattern() -> Vec<u8> {
+    let mut pattern = ACCOUNT_PREFIX.to_vec();
+    pattern.push(b'*');
+    pattern
+}
+
+/// Restores the account an account key's `state` holds into `engine`;
+/// returns its version.
+fn restore(engine: &Engine, key: &[u8], state: Option<Vec<u8>>) -> Result<(u64, u64), String> {
+    let shown_key = String::from_utf8_lossy(key);
+    let state = state.ok_or_else(|| format!("Redis key {shown_key} has no 'state' field"))?;
+    let acct = postcard::from_bytes::<creditd_engine::account::Account>(&state)
+        .map_err(|e| format!("Redis key {shown_key}: undecodable state: {e}"))?;
+    let version = account_version(&acct);
+    engine
+        .restore_account(&key[ACCOUNT_PREFIX.len()..], acct)
+        .map_err(|e| format!("Redis key {shown_key}: {e}"))?;
+    Ok(version)
+}
+
+/// Restores every account Redis holds into `engine`; returns their versions.
+fn load_accounts(
+    conn: &mut Connection,
+    engine: &Engine,
+    fail: &dyn Fn(&str, redis::RedisError) -> String,
+) -> Result<RedisBase, String> {
+    let mut base = RedisBase::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(account_pattern())
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query(conn)
+            .map_err(|e| fail("SCAN", e))?;
+        if !keys.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("HGET").arg(&key[..]).arg("state");
+            }
+            let states: Vec<Option<Vec<u8>>> =
+                pipe.query(conn).map_err(|e| fail("HGET state", e))?;
+            for (key, state) in keys.iter().zip(states) {
+                let version = restore(engine, key, state)?;
+                let id = &key[ACCOUNT_PREFIX.len()..];
+                base.versions.insert(Id::new(id), version);
+            }
+        }
+        if next == 0 {
+            return Ok(base);
+        }
+        cursor = next;
+    }
+}
+
 /// Recovery, first step (before the journal is opened; blocking): takes the
 /// lease on the Redis keyspace (waiting up to one lease length for a dead
 /// owner's lease to lapse; a live owner makes the start fail), then loads
@@ -135,51 +193,10 @@ pub fn load(
             "Redis at {shown_url} holds creditd key schema {schema}; this creditd writes schema {REDIS_SCHEMA}"
         ));
     }
-    let mut pattern = ACCOUNT_PREFIX.to_vec();
-    pattern.push(b'*');
-    let mut base = RedisBase::default();
-    let mut max_version = meta_watermark.unwrap_or(0);
-    let mut accounts = 0;
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern[..])
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query(&mut conn)
-            .map_err(|e| fail("SCAN", e))?;
-        if !keys.is_empty() {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("HGET").arg(&key[..]).arg("state");
-            }
-            let states: Vec<Option<Vec<u8>>> =
-                pipe.query(&mut conn).map_err(|e| fail("HGET state", e))?;
-            for (key, state) in keys.iter().zip(states) {
-                let id = &key[ACCOUNT_PREFIX.len()..];
-                let shown_key = String::from_utf8_lossy(key);
-                let state =
-                    state.ok_or_else(|| format!("Redis key {shown_key} has no 'state' field"))?;
-                let acct = postcard::from_bytes::<creditd_engine::account::Account>(&state)
-                    .map_err(|e| format!("Redis key {shown_key}: undecodable state: {e}"))?;
-                let version = account_version(&acct);
-                max_version = max_version.max(version.0);
-                engine
-                    .restore_account(id, acct)
-                    .map_err(|e| format!("Redis key {shown_key}: {e}"))?;
-                if base.versions.insert(Id::new(id), version).is_none() {
-                    accounts += 1;
-                }
-            }
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    base.min_next_seq = max_version + 1;
+    let mut base = load_accounts(&mut conn, engine, &fail)?;
+    let accounts = base.versions.len();
+    let max_version = base.versions.values().map(|v| v.0).max().unwrap_or(0);
+    base.min_next_seq = max_version.max(meta_watermark.unwrap_or(0)) + 1;
     Ok(Loaded {
         client,
         url: url.to_string(),

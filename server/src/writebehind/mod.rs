@@ -42,7 +42,6 @@
 pub mod dependency;
 mod load;
 mod pass;
-mod resp;
 mod script;
 mod writer;
 
@@ -50,6 +49,7 @@ pub use load::{load, Loaded};
 
 use crate::app::{App, WriteBehindStatus};
 use crate::lease::{Lease, LeaseStatus};
+use crate::stop::Worker;
 use creditd_journal::Journal;
 use metrics::{counter, gauge};
 use parking_lot::Mutex;
@@ -99,7 +99,6 @@ struct Shared {
     watermark_at_ms: AtomicU64,
     epoch: Instant,
     max_pending: AtomicU64,
-    stop: AtomicBool,
     /// Times Redis was found to have lost written data.
     data_loss_events: AtomicU64,
     /// Account writes (and whole calls) Redis refused.
@@ -189,17 +188,26 @@ impl WriteBehindStatus for Shared {
     }
 }
 
-struct Running {
-    shared: Arc<Shared>,
-    thread: std::thread::JoinHandle<()>,
+/// The running write-behind: its writer thread and the lease it writes under.
+pub struct WriteBehind {
+    writer: Worker,
+    lease: Arc<Lease>,
 }
 
-/// The write-behind of this process (one per process).
-static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
+impl WriteBehind {
+    /// Flushes and stops the write-behind: writes what's dirty for up to 5 s
+    /// and logs what was left; then gives the lease up, so that a successor
+    /// can start at once.
+    pub async fn shutdown(self) {
+        self.writer.shutdown().await;
+        let lease = self.lease;
+        let _ = tokio::task::spawn_blocking(move || lease.release()).await;
+    }
+}
 
 /// Starts the write-behind (after recovery): publishes its status in
 /// `app.redis` and starts the writer thread.
-pub fn start(app: Arc<App>, loaded: Loaded) -> Result<(), String> {
+pub fn start(app: Arc<App>, loaded: Loaded) -> Result<WriteBehind, String> {
     let Loaded {
         client,
         url,
@@ -218,7 +226,7 @@ pub fn start(app: Arc<App>, loaded: Loaded) -> Result<(), String> {
     } else {
         (base.min_next_seq - 1).min(last_seq)
     };
-    let settings = *app.settings.read();
+    let max_pending = app.settings.read().redis_max_pending;
     let lease = Arc::new(lease);
     let shared = Arc::new(Shared {
         journal: app.journal.clone(),
@@ -228,52 +236,36 @@ pub fn start(app: Arc<App>, loaded: Loaded) -> Result<(), String> {
         watermark: AtomicU64::new(watermark),
         watermark_at_ms: AtomicU64::new(0),
         epoch: Instant::now(),
-        max_pending: AtomicU64::new(settings.redis_max_pending),
-        stop: AtomicBool::new(false),
+        max_pending: AtomicU64::new(max_pending),
         data_loss_events: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
         last_error: Mutex::new(String::new()),
     });
-    let writer = Writer::new(
-        shared.clone(),
-        app.engine.clone(),
-        lease,
-        client,
-        shown(&url),
-        node_id,
-        base.versions
-            .into_iter()
-            .map(|(id, (_, history_seq))| (id, history_seq))
-            .collect(),
-        meta_watermark,
-        meta_present,
-        app.settings.clone(),
-    );
     *app.redis.write() = Some(shared.clone());
-    let thread = std::thread::Builder::new()
-        .name("creditd-redis".into())
-        .spawn(move || writer.run())
-        .map_err(|e| format!("cannot start the Redis writer thread: {e}"))?;
-    *RUNNING.lock() = Some(Running { shared, thread });
-    Ok(())
-}
-
-/// Flushes and stops the write-behind, if any: writes what's dirty for up to
-/// 5 s and logs what was left; then gives the lease up, so that a successor
-/// can start at once.
-pub async fn stop(_app: &App) {
-    let Some(running) = RUNNING.lock().take() else {
-        return;
-    };
-    running.shared.stop.store(true, Ordering::Release);
-    running.thread.thread().unpark();
-    let thread = running.thread;
-    let lease = running.shared.lease.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = thread.join();
-        lease.release();
-    })
-    .await;
+    let streamed = base
+        .versions
+        .into_iter()
+        .map(|(id, (_, history_seq))| (id, history_seq))
+        .collect();
+    let (engine, writer_lease, settings) =
+        (app.engine.clone(), lease.clone(), app.settings.clone());
+    let writer = Worker::thread("creditd-redis", move |stop| {
+        Writer::new(
+            stop,
+            shared,
+            engine,
+            writer_lease,
+            client,
+            shown(&url),
+            node_id,
+            streamed,
+            meta_watermark,
+            meta_present,
+            settings,
+        )
+        .run()
+    })?;
+    Ok(WriteBehind { writer, lease })
 }
 
 /// A snapshot was written (`first_seq`): with `--redis`, it holds the whole

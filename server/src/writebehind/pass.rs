@@ -72,24 +72,15 @@ impl Writer {
             let Some(sent) = in_flight.pop_front() else {
                 break;
             };
-            let mut replies = Vec::with_capacity(sent.calls.len());
-            for _ in &sent.calls {
-                match self.recv() {
-                    Ok(reply) => replies.push(script::classify(reply)),
-                    Err(e) => {
-                        // Replies already read stand; the rest is unconfirmed.
-                        let confirmed: usize = sent.calls[..replies.len()].iter().sum();
-                        self.confirm(&sent.accounts[..confirmed], replies, &mut failed);
-                        self.mark_dirty(sent.accounts[confirmed..].iter().map(|(id, _)| id));
-                        return self.disconnected(e, in_flight, batches);
-                    }
+            match self.receive(&sent, &mut failed) {
+                Ok(Some(r)) => {
+                    refusal = Some(match refusal {
+                        Some(before) => before.max(r),
+                        None => r,
+                    });
                 }
-            }
-            if let Some(r) = self.confirm(&sent.accounts, replies, &mut failed) {
-                refusal = Some(match refusal {
-                    Some(before) => before.max(r),
-                    None => r,
-                });
+                Ok(None) => {}
+                Err(e) => return self.disconnected(e, in_flight, batches),
             }
         }
         for batch in batches {
@@ -108,6 +99,29 @@ impl Writer {
             self.advance_watermark(seq, started_ms);
         }
         PassEnd::Wrote
+    }
+
+    /// Reads the replies of one batch and applies them (see [`Self::confirm`]).
+    /// Err: the connection failed; the replies read stand, the accounts of the
+    /// rest are dirty again.
+    fn receive(
+        &mut self,
+        sent: &Sent,
+        failed: &mut Vec<(Id, String)>,
+    ) -> Result<Option<Refusal>, String> {
+        let mut replies = Vec::with_capacity(sent.calls.len());
+        for _ in &sent.calls {
+            match self.recv() {
+                Ok(reply) => replies.push(script::classify(reply)),
+                Err(e) => {
+                    let confirmed: usize = sent.calls[..replies.len()].iter().sum();
+                    self.confirm(&sent.accounts[..confirmed], replies, failed);
+                    self.mark_dirty(sent.accounts[confirmed..].iter().map(|(id, _)| id));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.confirm(&sent.accounts, replies, failed))
     }
 
     fn advance_watermark(&self, seq: u64, started_ms: u64) {

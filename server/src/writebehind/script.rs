@@ -21,10 +21,11 @@
 //! of the call are written. A call may also set the watermark (a pass
 //! completed) and the writer's node id in `creditd:meta`.
 
-use super::resp;
 use super::{ACCOUNT_PREFIX, AUDIT_STREAM, META_KEY};
 use crate::formats::REDIS_SCHEMA;
 use crate::lease::{LeaseKeys, FENCE_LUA};
+use crate::redis_reply::text;
+use crate::resp::encode;
 use creditd_engine::account::Balance;
 use creditd_engine::history::HistoryEntry;
 use creditd_engine::id::Id;
@@ -152,45 +153,45 @@ impl Call<'_> {
             .iter()
             .map(|i| ACCOUNT_ARGS + ENTRY_ARGS * i.entries.len())
             .sum();
-        resp::array(out, 3 + 3 + items.len() + 7 + args);
-        resp::bulk(out, b"EVALSHA");
-        resp::bulk(out, self.sha.as_bytes());
-        resp::bulk_u64(out, 3 + items.len() as u64);
-        resp::bulk(out, AUDIT_STREAM.as_bytes());
-        resp::bulk(out, META_KEY.as_bytes());
-        resp::bulk(out, lease_keys.lease.as_bytes());
+        encode::array_header(out, 3 + 3 + items.len() + 7 + args);
+        encode::bulk(out, b"EVALSHA");
+        encode::bulk(out, self.sha.as_bytes());
+        encode::bulk_u64(out, 3 + items.len() as u64);
+        encode::bulk(out, AUDIT_STREAM.as_bytes());
+        encode::bulk(out, META_KEY.as_bytes());
+        encode::bulk(out, lease_keys.lease.as_bytes());
         for item in items {
-            resp::bulk2(out, ACCOUNT_PREFIX, &item.id);
+            encode::bulk_concat(out, ACCOUNT_PREFIX, &item.id);
         }
-        resp::bulk_u64(out, self.maxlen);
-        resp::bulk(out, self.lease.as_bytes());
-        resp::bulk_u64(out, self.expected_watermark);
-        resp::bulk_u64(out, u64::from(self.meta_must_exist));
+        encode::bulk_u64(out, self.maxlen);
+        encode::bulk(out, self.lease.as_bytes());
+        encode::bulk_u64(out, self.expected_watermark);
+        encode::bulk_u64(out, u64::from(self.meta_must_exist));
         match self.new_watermark {
-            Some(seq) => resp::bulk_u64(out, seq),
-            None => resp::bulk(out, b""),
+            Some(seq) => encode::bulk_u64(out, seq),
+            None => encode::bulk(out, b""),
         }
-        resp::bulk(out, self.node_id.as_bytes());
-        resp::bulk_u64(out, self.now_ms);
+        encode::bulk(out, self.node_id.as_bytes());
+        encode::bulk_u64(out, self.now_ms);
         for item in items {
             let b = &item.balance;
-            resp::bulk(out, &item.id);
+            encode::bulk(out, &item.id);
             for v in [item.version, item.history_seq, item.streamed] {
-                resp::bulk_u64(out, v);
+                encode::bulk_u64(out, v);
             }
-            resp::bulk(out, &item.state);
+            encode::bulk(out, &item.state);
             for v in [b.available, b.held, b.spent, b.expired, b.granted] {
-                resp::bulk_u64(out, v);
+                encode::bulk_u64(out, v);
             }
-            resp::bulk(out, item.plan.as_deref().unwrap_or(b""));
-            resp::bulk_u64(out, u64::from(item.seats));
-            resp::bulk_u64(out, item.entries.len() as u64);
+            encode::bulk(out, item.plan.as_deref().unwrap_or(b""));
+            encode::bulk_u64(out, u64::from(item.seats));
+            encode::bulk_u64(out, item.entries.len() as u64);
             for e in &item.entries {
-                resp::bulk_u64(out, e.seq);
-                resp::bulk_u64(out, e.at_ms);
-                resp::bulk(out, e.op.as_str().as_bytes());
-                resp::bulk(out, &e.id);
-                resp::bulk_u64(out, e.amount);
+                encode::bulk_u64(out, e.seq);
+                encode::bulk_u64(out, e.at_ms);
+                encode::bulk(out, e.op.as_str().as_bytes());
+                encode::bulk(out, &e.id);
+                encode::bulk_u64(out, e.amount);
             }
         }
     }
@@ -243,15 +244,6 @@ pub enum Reply {
         failed: Vec<(usize, String)>,
     },
     Refused(Refusal),
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        other => format!("{other:?}"),
-    }
 }
 
 /// Reads one call's reply.

@@ -13,6 +13,7 @@ use super::{Shared, BACKOFF_MAX, BACKOFF_MIN};
 use crate::app::WriteBehindStatus;
 use crate::config::ServerSettings;
 use crate::lease::{Lease, LeaseStatus};
+use crate::stop::Stop;
 use creditd_engine::clock::wall_clock_ms;
 use creditd_engine::id::Id;
 use creditd_engine::Engine;
@@ -53,6 +54,8 @@ pub(super) enum PassEnd {
 }
 
 pub(super) struct Writer {
+    /// Asked at shutdown: write what's left (up to [`STOP_DEADLINE`]), then end.
+    stop: Stop,
     pub(super) shared: Arc<Shared>,
     pub(super) engine: Arc<Engine>,
     pub(super) lease: Arc<Lease>,
@@ -91,6 +94,7 @@ pub(super) struct Writer {
 impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
+        stop: Stop,
         shared: Arc<Shared>,
         engine: Arc<Engine>,
         lease: Arc<Lease>,
@@ -104,6 +108,7 @@ impl Writer {
     ) -> Writer {
         let maxlen = settings.read().redis_stream_maxlen;
         Writer {
+            stop,
             shared,
             engine,
             lease,
@@ -129,11 +134,13 @@ impl Writer {
         }
     }
 
+    /// Writes changes behind until stopped; then, for up to
+    /// [`STOP_DEADLINE`], what is left.
     pub(super) fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         let mut deadline: Option<Instant> = None;
         let drained = loop {
-            if deadline.is_none() && self.shared.stop.load(Ordering::Acquire) {
+            if deadline.is_none() && self.stop.requested() {
                 deadline = Some(Instant::now() + STOP_DEADLINE);
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -156,15 +163,8 @@ impl Writer {
                     continue;
                 }
             }
-            if self.conn.is_none() {
-                if let Err(e) = self.connect() {
-                    self.conn = None;
-                    self.set_link(false, &e);
-                    self.pause(bounded(backoff));
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
-                }
-                backoff = BACKOFF_MIN;
+            if !self.connected(&mut backoff, bounded) {
+                continue;
             }
             if !self.meta_expected {
                 // First contact, or just after a loss: make sure creditd:meta
@@ -176,25 +176,52 @@ impl Writer {
             }
             match self.pass() {
                 PassEnd::Idle if deadline.is_some() => break true,
-                PassEnd::Idle => {
-                    if self.last_check.elapsed() >= IDLE_CHECK {
-                        if let Err(end) = self.check(None) {
-                            self.handle(end);
-                        }
-                    }
-                    self.pause(IDLE_TICK);
-                }
+                PassEnd::Idle => self.idle(),
                 end => self.handle(end),
             }
         };
-        let pending = self.shared.pending();
+        self.log_stopped(drained);
+    }
+
+    /// Connects if not connected; a failed attempt pauses for the backoff
+    /// (cut by `bounded`), which doubles. True when connected.
+    fn connected(
+        &mut self,
+        backoff: &mut Duration,
+        bounded: impl Fn(Duration) -> Duration,
+    ) -> bool {
+        if self.conn.is_some() {
+            return true;
+        }
+        if let Err(e) = self.connect() {
+            self.conn = None;
+            self.set_link(false, &e);
+            self.pause(bounded(*backoff));
+            *backoff = (*backoff * 2).min(BACKOFF_MAX);
+            return false;
+        }
+        *backoff = BACKOFF_MIN;
+        true
+    }
+
+    /// Nothing to write: check on Redis now and then, and wait a tick.
+    fn idle(&mut self) {
+        if self.last_check.elapsed() >= IDLE_CHECK {
+            if let Err(end) = self.check(None) {
+                self.handle(end);
+            }
+        }
+        self.pause(IDLE_TICK);
+    }
+
+    fn log_stopped(&self, drained: bool) {
         if drained {
             tracing::info!(redis = %self.url, "Redis write-behind stopped: every change is in Redis");
         } else {
             tracing::warn!(
                 redis = %self.url,
                 accounts = self.engine.dirty_count(),
-                changes = pending,
+                changes = self.shared.pending(),
                 "Redis write-behind stopped with changes not yet in Redis; they are in the journal and are written behind after the next start"
             );
         }
@@ -279,9 +306,9 @@ impl Writer {
         self.meta_expected = false;
     }
 
-    /// Sleeps for `wait`, or less if stop is requested (`stop` unparks).
-    pub(super) fn pause(&self, wait: Duration) {
-        std::thread::park_timeout(wait);
+    /// Sleeps for `wait`, or less if stop is requested.
+    fn pause(&self, wait: Duration) {
+        self.stop.sleep(wait);
     }
 
     fn refresh_settings(&mut self) {
