@@ -48,6 +48,15 @@ impl Writer {
         let complete = deferred.is_empty();
         if items.is_empty() {
             if complete {
+                // Everything up to `seq` is in Redis: an earlier pass wrote
+                // changes made after it read its seq. Record that in
+                // `creditd:meta` too (one call, only when the seq moved), so
+                // Redis never claims less than it holds once drained.
+                if seq > self.meta_written {
+                    if let Err(end) = self.check(Some(seq)) {
+                        return end;
+                    }
+                }
                 self.advance_watermark(seq, started_ms);
             }
             return PassEnd::Idle;
