@@ -47,6 +47,63 @@ fn allowance(per_unit: u64, units: u32) -> Result<u64> {
         .ok_or_else(|| EngineError::invalid("allowance exceeds 10^15 credits"))
 }
 
+/// What SEATS and ADDON change: paid units of the plan, each worth an
+/// allowance per cycle. More units pay their allowance at once; fewer take
+/// effect at the renewal (`*_next`).
+#[derive(Clone, Copy)]
+enum Units {
+    Seats,
+    Addon,
+}
+
+impl Units {
+    fn least(self) -> u32 {
+        match self {
+            Units::Seats => 1,
+            Units::Addon => 0,
+        }
+    }
+
+    fn range_error(self) -> &'static str {
+        match self {
+            Units::Seats => "seats must be 1 to 1000000",
+            Units::Addon => "units must be 0 to 1000000",
+        }
+    }
+
+    fn per_unit(self, terms: &PlanTerms) -> Result<u64> {
+        match self {
+            Units::Seats => Ok(terms.credits_per_seat),
+            Units::Addon => terms
+                .addon_unit_credits
+                .ok_or_else(|| EngineError::invalid("the plan has no add-ons")),
+        }
+    }
+
+    fn current(self, sub: &Subscription) -> u32 {
+        match self {
+            Units::Seats => sub.seats,
+            Units::Addon => sub.addon_units,
+        }
+    }
+
+    /// This cycle's units and the next cycle's.
+    fn counts(self, sub: &mut Subscription) -> (&mut u32, &mut u32) {
+        match self {
+            Units::Seats => (&mut sub.seats, &mut sub.seats_next),
+            Units::Addon => (&mut sub.addon_units, &mut sub.addon_units_next),
+        }
+    }
+
+    /// The allowance's bucket id prefix and kind, and its history op.
+    fn bucket(self) -> (&'static str, BucketKind, Op) {
+        match self {
+            Units::Seats => ("", BucketKind::Subscription, Op::Seats),
+            Units::Addon => ("addon:", BucketKind::Addon, Op::Addon),
+        }
+    }
+}
+
 /// A plan allowance's bucket terms: it ends with the cycle.
 fn plan_credits(kind: BucketKind, amount: u64, expires_at_ms: u64) -> Credits {
     Credits {
@@ -259,53 +316,25 @@ impl Account {
         self.subscription = None;
     }
 
+    /// SEATS: more seats add their allowance now; fewer take effect at the renewal.
     pub fn set_seats(&mut self, ctx: &Ctx, seats: u32) -> Result<Applied> {
-        if seats == 0 || seats > MAX_SEATS {
-            return Err(EngineError::invalid("seats must be 1 to 1000000"));
-        }
-        let sub = self.require_subscription()?;
-        let per_seat = sub.terms.credits_per_seat;
-        allowance(per_seat, seats)?;
-        let (current, end, start, plan) = (
-            sub.seats,
-            sub.cycle_end_ms,
-            sub.cycle_start_ms,
-            sub.plan.clone(),
-        );
-        let added = if seats > current {
-            allowance(per_seat, seats - current)?
-        } else {
-            0
-        };
-        self.check_room(added)?;
-        let sub = self.subscription.as_deref_mut().expect("checked");
-        if seats > current {
-            sub.seats = seats;
-        }
-        sub.seats_next = seats;
-        self.add_credits(
-            bucket_id("", &plan, start),
-            plan_credits(BucketKind::Subscription, added, end),
-        );
-        self.log(ctx.limits.terms, ctx.now_ms, Op::Seats, plan, added);
-        Ok(Applied::Changed(self.bal.available))
+        self.set_units(ctx, Units::Seats, seats)
     }
 
+    /// ADDON: as SEATS, for the plan's recurring add-on units.
     pub fn set_addon(&mut self, ctx: &Ctx, units: u32) -> Result<Applied> {
-        if units > MAX_SEATS {
-            return Err(EngineError::invalid("units must be 0 to 1000000"));
+        self.set_units(ctx, Units::Addon, units)
+    }
+
+    fn set_units(&mut self, ctx: &Ctx, what: Units, units: u32) -> Result<Applied> {
+        if units < what.least() || units > MAX_SEATS {
+            return Err(EngineError::invalid(what.range_error()));
         }
         let sub = self.require_subscription()?;
-        let Some(per_unit) = sub.terms.addon_unit_credits else {
-            return Err(EngineError::invalid("the plan has no add-ons"));
-        };
+        let per_unit = what.per_unit(&sub.terms)?;
         allowance(per_unit, units)?;
-        let (current, end, start, plan) = (
-            sub.addon_units,
-            sub.cycle_end_ms,
-            sub.cycle_start_ms,
-            sub.plan.clone(),
-        );
+        let current = what.current(sub);
+        let (end, start, plan) = (sub.cycle_end_ms, sub.cycle_start_ms, sub.plan.clone());
         let added = if units > current {
             allowance(per_unit, units - current)?
         } else {
@@ -313,15 +342,15 @@ impl Account {
         };
         self.check_room(added)?;
         let sub = self.subscription.as_deref_mut().expect("checked");
-        if units > current {
-            sub.addon_units = units;
-        }
-        sub.addon_units_next = units;
+        let (now, next) = what.counts(sub);
+        *now = (*now).max(units);
+        *next = units;
+        let (prefix, kind, op) = what.bucket();
         self.add_credits(
-            bucket_id("addon:", &plan, start),
-            plan_credits(BucketKind::Addon, added, end),
+            bucket_id(prefix, &plan, start),
+            plan_credits(kind, added, end),
         );
-        self.log(ctx.limits.terms, ctx.now_ms, Op::Addon, plan, added);
+        self.log(ctx.limits.terms, ctx.now_ms, op, plan, added);
         Ok(Applied::Changed(self.bal.available))
     }
 
