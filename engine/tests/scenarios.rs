@@ -541,7 +541,7 @@ fn hold_expiring_after_its_bucket_expires_the_credits() {
 }
 
 /// Regression: credits given back to a bucket that the hold had emptied must
-/// still expire at the bucket's `expires_at` (engine fix in account.rs).
+/// still expire at the bucket's `expires_at` (engine fix in account/ledger.rs).
 #[test]
 fn released_credits_still_expire_on_time() {
     let t = T::new(T0);
