@@ -144,7 +144,9 @@ impl Shard {
             books.mark_dirty(&acct.key);
         }
         if queue {
-            books.due.push(Reverse((due_ms, AccountTable::hash(&acct.key))));
+            books
+                .due
+                .push(Reverse((due_ms, AccountTable::hash(&acct.key))));
         }
         match fresh {
             Some(acct) if keep => {
@@ -174,7 +176,8 @@ impl Shard {
             taken += 1;
             // No account counting on this entry (gone, or its entry was
             // replaced by a restore or an earlier instant): skipped.
-            let counts_on = |a: &Account| a.queued_due_ms == due && AccountTable::hash(&a.key) == hash;
+            let counts_on =
+                |a: &Account| a.queued_due_ms == due && AccountTable::hash(&a.key) == hash;
             let Some(acct) = self.accounts.find_by_hash_mut(hash, counts_on) else {
                 continue;
             };
