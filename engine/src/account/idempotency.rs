@@ -52,7 +52,7 @@ impl Account {
     }
 
     #[inline]
-    pub(crate) fn lookup_done(&self, kind: Kind, id: &[u8]) -> Option<&Done> {
+    pub(crate) fn lookup_done(&self, kind: Kind, id: &[u8]) -> Option<Done> {
         self.done.get(kind, id)
     }
 
@@ -61,7 +61,7 @@ impl Account {
         // Bounded memory: past the cap the oldest record goes early (documented).
         let cap = terms.max_ids.max(1) as usize;
         self.done.pop_while(|_, len| len >= cap);
-        self.done.push(now_ms, id, record);
+        self.done.push(now_ms, &id, &record);
         let prune_at = now_ms.saturating_add(terms.idempotency_window_ms);
         self.next_due_ms = self.next_due_ms.min(prune_at);
     }
@@ -69,13 +69,13 @@ impl Account {
     /// Forgets records whose window has passed by `now_ms`.
     pub(crate) fn forget_done(&mut self, now_ms: u64, window_ms: u64) {
         self.done
-            .pop_while(|r, _| r.finished_ms.saturating_add(window_ms) <= now_ms);
+            .pop_while(|finished_ms, _| finished_ms.saturating_add(window_ms) <= now_ms);
     }
 
     /// GRANT with an id used before.
     pub fn recall_grant(&self, grant_id: &[u8], args: &GrantArgs) -> Recall {
         Some(match self.lookup_done(Kind::Grant, grant_id)? {
-            Done::Grant { args: a, reply } if a == args => Ok(Applied::Repeated(*reply)),
+            Done::Grant { args: a, reply } if a == *args => Ok(Applied::Repeated(reply)),
             _ => Err(EngineError::id_reused(IdOf::Grant)),
         })
     }
@@ -83,7 +83,7 @@ impl Account {
     /// DEBIT with an id used before.
     pub fn recall_debit(&self, debit_id: &[u8], request: &Charge) -> Recall {
         Some(match self.lookup_done(Kind::Debit, debit_id)? {
-            Done::Debit { args, reply } if args.matches(request) => Ok(Applied::Repeated(*reply)),
+            Done::Debit { args, reply } if args.matches(request) => Ok(Applied::Repeated(reply)),
             _ => Err(EngineError::id_reused(IdOf::Debit)),
         })
     }
@@ -97,17 +97,19 @@ impl Account {
         request: &Charge,
         ttl_given: Option<u64>,
     ) -> Recall {
-        let (charge, held_ttl, amount) = match self.holds.get(hold_id) {
-            Some(h) => (&h.charge, h.ttl_given, h.amount),
-            None => match self.lookup_done(Kind::Hold, hold_id)? {
-                Done::Hold(c) => (&c.charge, c.ttl_given, c.amount),
-                _ => return Some(Err(EngineError::id_reused(IdOf::Hold))),
-            },
+        let repeats = |charge: &ChargeArgs, held_ttl: Option<u64>, amount: u64| {
+            if charge.matches(request) && held_ttl == ttl_given {
+                Ok(Applied::Repeated(amount))
+            } else {
+                Err(EngineError::id_reused(IdOf::Hold))
+            }
         };
-        Some(if charge.matches(request) && held_ttl == ttl_given {
-            Ok(Applied::Repeated(amount))
-        } else {
-            Err(EngineError::id_reused(IdOf::Hold))
+        Some(match self.holds.get(hold_id) {
+            Some(h) => repeats(&h.charge, h.ttl_given, h.amount),
+            None => match self.lookup_done(Kind::Hold, hold_id)? {
+                Done::Hold(c) => repeats(&c.charge, c.ttl_given, c.amount),
+                _ => Err(EngineError::id_reused(IdOf::Hold)),
+            },
         })
     }
 }

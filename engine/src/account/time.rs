@@ -83,12 +83,8 @@ impl Account {
         for h in self.holds.values() {
             next = next.min(h.expires_at_ms);
         }
-        if let Some(front) = self.done.front() {
-            next = next.min(
-                front
-                    .finished_ms
-                    .saturating_add(terms.idempotency_window_ms),
-            );
+        if let Some(finished_ms) = self.done.front_finished_ms() {
+            next = next.min(finished_ms.saturating_add(terms.idempotency_window_ms));
         }
         self.next_due_ms = next;
     }

@@ -42,8 +42,11 @@ pub(super) struct Step {
 /// The shard's bookkeeping beside its accounts.
 #[derive(Default)]
 pub(super) struct Books {
-    /// Accounts by (a lower bound of) their next time-driven event, for the sweeper.
-    pub due: BinaryHeap<Reverse<(u64, Id)>>,
+    /// Accounts by (a lower bound of) their next time-driven event, for the
+    /// sweeper: `(due, the account's table hash)`. Every account with a next
+    /// event has an entry, so the entry is 16 bytes rather than 32 with the
+    /// key; the sweeper finds the account by its hash and queued instant.
+    pub due: BinaryHeap<Reverse<(u64, u64)>>,
     pub open_holds: u64,
     pub effects: Effects,
     /// Accounts changed since the last `take_dirty` (write-behind), if tracking.
@@ -134,17 +137,16 @@ impl Shard {
         let due_ms = acct.next_due_ms();
         // Queued only when its next event comes before the one it is queued
         // for: a RESERVE+COMMIT pair on an account with a queued instant
-        // pushes nothing. The key is cloned only to queue or mark dirty.
+        // pushes nothing.
         let queue = keep && acct.queue_due(due_ms);
         let dirty = keep && books.track_dirty && (s.changed || !effects.is_none());
-        if queue || dirty {
-            let id = acct.key.clone();
-            if dirty {
-                books.mark_dirty(&id);
-            }
-            if queue {
-                books.due.push(Reverse((due_ms, id)));
-            }
+        if dirty {
+            books.mark_dirty(&acct.key);
+        }
+        if queue {
+            books
+                .due
+                .push(Reverse((due_ms, AccountTable::hash(&acct.key))));
         }
         match fresh {
             Some(acct) if keep => {
@@ -170,21 +172,21 @@ impl Shard {
                 Some(Reverse((due, _))) if *due <= now_ms => {}
                 _ => break,
             }
-            let Reverse((due, id)) = self.books.due.pop().expect("peeked");
+            let Reverse((due, hash)) = self.books.due.pop().expect("peeked");
             taken += 1;
-            let Some(acct) = self.accounts.get_mut(&id) else {
+            // No account counting on this entry (gone, or its entry was
+            // replaced by a restore or an earlier instant): skipped.
+            let counts_on =
+                |a: &Account| a.queued_due_ms == due && AccountTable::hash(&a.key) == hash;
+            let Some(acct) = self.accounts.find_by_hash_mut(hash, counts_on) else {
                 continue;
             };
-            if due != acct.queued_due_ms {
-                // An entry its account no longer counts on (it was replaced
-                // by a restore): the account's own entry is still queued.
-                continue;
-            }
             // FIX (tests/model.rs, scenarios.rs `sweeper_keeps_accounts_whose_due_moved`):
             // the queued instant can be earlier than the account's next
             // event; `visit` requeues it at the real instant then, rather
             // than leaving it out of the sweep for good.
             acct.queued_due_ms = NEVER;
+            let id = acct.key.clone();
             let visited = self.visit(&id, Some(now_ms), Find::Existing, |_, _| ());
             debug_assert!(matches!(visited, Ok(Some(()))));
         }
@@ -202,7 +204,7 @@ impl Shard {
             a.queued_due_ms = NEVER;
             let next = a.next_due_ms();
             if a.queue_due(next) {
-                rebuilt.push(Reverse((next, a.key.clone())));
+                rebuilt.push(Reverse((next, AccountTable::hash(&a.key))));
             }
         }
         self.books.due = BinaryHeap::from(rebuilt);

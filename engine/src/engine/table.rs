@@ -15,8 +15,10 @@ pub(super) struct AccountTable {
 }
 
 impl AccountTable {
+    /// The hash the table files `id` under (the sweeper queue names
+    /// accounts by it).
     #[inline]
-    fn hash(id: &[u8]) -> u64 {
+    pub(super) fn hash(id: &[u8]) -> u64 {
         // Not the shard hasher's seed: its low bits pick the shard and would
         // be the same for every key of this table.
         const HASHER: foldhash::fast::FixedState =
@@ -36,6 +38,17 @@ impl AccountTable {
         self.table
             .find_mut(Self::hash(id), |a| a.key.as_bytes() == id)
             .map(|a| &mut **a)
+    }
+
+    /// The account filed under `hash` that `pick` accepts (the caller
+    /// compares the full hash: the table only compares a few bits of it).
+    #[inline]
+    pub(super) fn find_by_hash_mut(
+        &mut self,
+        hash: u64,
+        mut pick: impl FnMut(&Account) -> bool,
+    ) -> Option<&mut Account> {
+        self.table.find_mut(hash, |a| pick(a)).map(|a| &mut **a)
     }
 
     /// Inserts or replaces the account with `acct.key`; true if it is new.
