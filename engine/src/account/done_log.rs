@@ -20,8 +20,9 @@
 //!   front (reclaimed in batches), a 64-bit one-hash Bloom filter that skips
 //!   the scan for most new ids (the common case: every RESERVE, DEBIT and
 //!   GRANT looks its id up first), and past [`INDEX_FROM`] records a hash
-//!   index of record offsets for O(1) lookups. It turns inline again once
-//!   pruning leaves few enough bytes.
+//!   index of record offsets for O(1) lookups. Once boxed, a log stays
+//!   boxed (its buffer reused): an account whose records turn over would
+//!   otherwise allocate and free the box on every command.
 //!
 //! Every lookup compares the real id in the end, so a hash collision can
 //! never turn a new command into a "retry".
@@ -104,12 +105,16 @@ fn varint(b: &[u8], mut at: usize) -> (u64, usize) {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Writes `v` as a postcard varint into `out`; returns its length.
+fn put_varint(out: &mut [u8; 10], mut v: u64) -> usize {
+    let mut at = 0;
     while v >= 0x80 {
-        out.push(v as u8 | 0x80);
+        out[at] = v as u8 | 0x80;
         v >>= 7;
+        at += 1;
     }
-    out.push(v as u8);
+    out[at] = v as u8;
+    at + 1
 }
 
 /// What a lookup reads of the packed record at the front of `b`.
@@ -370,13 +375,23 @@ impl DoneLog {
                 &owned
             }
         };
-        let mut framed = Vec::with_capacity(body.len() + 2);
-        put_varint(&mut framed, body.len() as u64);
-        framed.extend_from_slice(body);
+        // Framed on the stack: a length prefix of at most 10 bytes, then the body.
+        let mut prefix = [0u8; 10];
+        let prefix_len = put_varint(&mut prefix, body.len() as u64);
+        let mut framed_buf = [0u8; 266];
+        let owned_framed;
+        let framed: &[u8] = if body.len() <= 256 {
+            framed_buf[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
+            framed_buf[prefix_len..prefix_len + body.len()].copy_from_slice(body);
+            &framed_buf[..prefix_len + body.len()]
+        } else {
+            owned_framed = [&prefix[..prefix_len], body].concat();
+            &owned_framed
+        };
         if let Repr::Small { len, bytes } = &mut self.0 {
             let used = *len as usize;
             if used + framed.len() <= SMALL_BYTES {
-                bytes[used..used + framed.len()].copy_from_slice(&framed);
+                bytes[used..used + framed.len()].copy_from_slice(framed);
                 *len = (used + framed.len()) as u8;
                 return;
             }
@@ -395,7 +410,7 @@ impl DoneLog {
         let Repr::Large(large) = &mut self.0 else {
             unreachable!("made large above")
         };
-        large.push(&framed, key_hash(kind, id));
+        large.push(framed, key_hash(kind, id));
     }
 
     /// Removes the oldest records while `expired(finished_ms, len)` says so
@@ -429,15 +444,6 @@ impl DoneLog {
                 }
                 if popped == 0 {
                     return 0;
-                }
-                let live = large.live();
-                if live.len() <= SMALL_BYTES {
-                    // Few enough bytes left: inline again, the box freed.
-                    let mut bytes = [0; SMALL_BYTES];
-                    bytes[..live.len()].copy_from_slice(live);
-                    let len = live.len() as u8;
-                    self.0 = Repr::Small { len, bytes };
-                    return popped;
                 }
                 // Without an index the filter is recomputed once per batch:
                 // stale bits would only cost scans, but they would pile up.
