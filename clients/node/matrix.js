@@ -318,7 +318,7 @@ const MUST_SEND = [
   'GRANT', 'RESERVE', 'CAPTURE', 'COMMIT', 'RELEASE', 'EXTEND', 'DEBIT', 'QUOTE', 'BALANCE',
   'ACCOUNT', 'HISTORY', 'PLAN', 'PLAN NONE', 'SEATS', 'ADDON', 'PING', 'ECHO', 'AUTH', 'HELLO',
   'QUIT', 'SELECT', 'CLIENT SETNAME', 'CLIENT GETNAME', 'CLIENT ID', 'INFO', 'CONFIG GET',
-  'CONFIG RELOAD', 'COMMAND', 'COMMAND COUNT', 'COMMAND DOCS', 'CLOCK GET', 'CLOCK SET', 'CLOCK ADVANCE',
+  'CONFIG RELOAD', 'COMMAND', 'COMMAND COUNT', 'COMMAND DOCS', 'COMMAND GETKEYS', 'CLOCK GET', 'CLOCK SET', 'CLOCK ADVANCE',
 ];
 const CONTRACT_COMMANDS = [
   'grant', 'reserve', 'capture', 'commit', 'release', 'extend', 'debit', 'quote', 'balance',
@@ -370,7 +370,13 @@ async function connectionCommands(v, r, tokens) {
   truthy(`${w} COMMAND`, CONTRACT_COMMANDS.every((n) => names.includes(n)), show(names));
   truthy(`${w} COMMAND entries`, Array.isArray(table) && table.every((e) => e.length === 10), 'entries of 10 elements, as Redis 7');
   eq(`${w} COMMAND COUNT`, await r.call('COMMAND', 'COUNT'), names.length);
-  eq(`${w} COMMAND DOCS`, await r.call('COMMAND', 'DOCS'), v.proto === 2 ? [] : Object.create(null));
+  // DOCS: name -> {summary, since, group}; a flat list in RESP2.
+  const docs = await r.call('COMMAND', 'DOCS', 'reserve');
+  const flat = Array.isArray(docs) ? docs : Object.entries(docs).flat();
+  const entry = Array.isArray(flat[1]) ? flat[1] : Object.entries(flat[1] || {}).flat();
+  truthy(`${w} COMMAND DOCS`, flat[0] === 'reserve' && entry[0] === 'summary' && entry[2] === 'since' && entry[4] === 'group' && entry[5] === 'creditd', show(docs));
+  // GETKEYS: the account, as a cluster client asks it.
+  eq(`${w} COMMAND GETKEYS`, await r.call('COMMAND', 'GETKEYS', 'RESERVE', '{team}:a', 'h1', '10'), ['{team}:a']);
   const now = await r.call('CLOCK', 'GET');
   truthy(`${w} CLOCK GET`, Number.isInteger(now) && now > 1.6e12, show(now));
   eq(`${w} CLOCK SET`, await r.call('CLOCK', 'SET', now + 1000), now + 1000);

@@ -275,7 +275,7 @@ MUST_SEND = {
     "QUOTE", "BALANCE", "ACCOUNT", "HISTORY", "PLAN", "PLAN NONE", "SEATS",
     "ADDON", "PING", "ECHO", "AUTH", "HELLO", "QUIT", "SELECT",
     "CLIENT SETNAME", "CLIENT GETNAME", "CLIENT ID", "INFO", "CONFIG GET",
-    "CONFIG RELOAD", "COMMAND", "COMMAND COUNT", "COMMAND DOCS", "CLOCK GET",
+    "CONFIG RELOAD", "COMMAND", "COMMAND COUNT", "COMMAND DOCS", "COMMAND GETKEYS", "CLOCK GET",
     "CLOCK SET", "CLOCK ADVANCE",
 }  # fmt: skip
 
@@ -330,7 +330,19 @@ async def connection_commands(v, r, tokens):
     table = await r.call("COMMAND")
     c.true(f"{w} COMMAND", isinstance(table, dict) and CONTRACT_COMMANDS <= set(table), f"{sorted(table)!r}")
     c.eq(f"{w} COMMAND COUNT", count, len(table))
-    c.eq(f"{w} COMMAND DOCS", await r.call("COMMAND DOCS"), [] if v.proto == 2 else {})
+    # DOCS: name -> {summary, since, group}; a flat list in RESP2.
+    docs = await r.call("COMMAND DOCS", "reserve")
+    flat = docs if v.proto == 2 else [k for kv in docs.items() for k in kv]
+    entry = flat[1] if v.proto == 2 else [k for kv in flat[1].items() for k in kv]
+    names = [x.decode() if isinstance(x, bytes) else x for x in [flat[0]] + list(entry)]
+    c.true(
+        f"{w} COMMAND DOCS",
+        names[0] == "reserve" and names[1::2] == ["summary", "since", "group"] and names[-1] == "creditd",
+        f"{docs!r}",
+    )
+    # GETKEYS: the account, as a cluster client asks it.
+    keys = await r.call("COMMAND GETKEYS", "RESERVE", "{team}:a", "h1", "10")
+    c.eq(f"{w} COMMAND GETKEYS", [k.decode() if isinstance(k, bytes) else k for k in keys], ["{team}:a"])
     now = await r.call("CLOCK", "GET")
     c.true(f"{w} CLOCK GET", isinstance(now, int) and now > 1_600_000_000_000, f"{now!r}")
     c.eq(f"{w} CLOCK SET", await r.call("CLOCK", "SET", now + 1000), now + 1000)

@@ -15,7 +15,7 @@ pub fn reply_error(app: &App, out: &mut Vec<u8>, failure: &Failure) {
     failure.encode(out);
 }
 
-fn arity_ok(spec: &Spec, args: usize) -> bool {
+pub fn arity_ok(spec: &Spec, args: usize) -> bool {
     let n = args as i32;
     if spec.arity > 0 {
         n == spec.arity

@@ -1,7 +1,7 @@
-//! PING, ECHO, AUTH, HELLO, QUIT, SELECT, CLIENT, COMMAND: what stock Redis
+//! PING, ECHO, AUTH, HELLO, QUIT, SELECT, CLIENT: what stock Redis
 //! clients (redis-cli, redis-benchmark, redis-py) send around their real work.
 
-use super::{is, Failure, Flow, Session, COMMANDS};
+use super::{is, Failure, Flow, Session};
 use crate::app::App;
 use crate::error::ErrorCode;
 use crate::resp::encode::{self, Proto};
@@ -169,56 +169,4 @@ pub fn client(_: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resul
         )));
     }
     Ok(Flow::Done)
-}
-
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND DOCS`, `COMMAND INFO`: enough for redis-cli.
-pub fn command(_: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
-    match a.get(1) {
-        None => {
-            encode::array_header(out, COMMANDS.len());
-            for spec in COMMANDS {
-                write_info(out, spec);
-            }
-        }
-        Some(sub) if is(sub, "COUNT") => encode::integer(out, COMMANDS.len() as i64),
-        Some(sub) if is(sub, "DOCS") => encode::map_header(out, s.proto, 0),
-        Some(sub) if is(sub, "INFO") => {
-            encode::array_header(out, a.len() - 2);
-            for name in &a[2..] {
-                match super::lookup(name) {
-                    Some(i) => write_info(out, &COMMANDS[i]),
-                    None => encode::null(out, s.proto),
-                }
-            }
-        }
-        Some(_) => return Err(Failure::err("unknown subcommand. Try COMMAND HELP.")),
-    }
-    Ok(Flow::Done)
-}
-
-/// One command's entry as Redis 7 lays it out: name, arity, flags, first
-/// key, last key, step, ACL categories, tips, key specs, subcommands. Clients
-/// read all ten (redis-py's RESP3 parser fails on a shorter entry).
-fn write_info(out: &mut Vec<u8>, spec: &super::Spec) {
-    encode::array_header(out, 10);
-    encode::bulk_str(out, spec.name);
-    encode::integer(out, spec.arity as i64);
-    encode::array_header(out, 1);
-    encode::simple(out, if spec.write { "write" } else { "readonly" });
-    // Key positions: the account is the first argument where there is one.
-    let keyed = spec.arity.unsigned_abs() >= 2
-        && matches!(spec.access, super::Access::Gateway | super::Access::Admin)
-        && spec.name != "quote"
-        && spec.name != "config"
-        && spec.name != "clock";
-    let k = if keyed { 1 } else { 0 };
-    encode::integer(out, k);
-    encode::integer(out, k);
-    encode::integer(out, k);
-    encode::array_header(out, 1);
-    encode::simple(out, if spec.write { "@write" } else { "@read" });
-    // No tips, key specs or subcommands.
-    for _ in 0..3 {
-        encode::array_header(out, 0);
-    }
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod connection;
 mod credits;
+mod describe;
 mod holds;
 mod plans;
 mod reads;
@@ -99,49 +100,58 @@ pub struct Spec {
     pub handler: Handler,
     /// Changes state (journaled; counted as a write).
     pub write: bool,
+    /// The first argument is an account: key position 1 in COMMAND, so a
+    /// cluster-aware client routes the command by the account's hash slot.
+    pub keyed: bool,
+    /// One line for COMMAND DOCS.
+    pub summary: &'static str,
 }
 
 macro_rules! spec {
-    ($name:expr, $arity:expr, $access:ident, $handler:path, $write:expr) => {
+    ($name:expr, $arity:expr, $access:ident, $handler:path, $write:expr, $keyed:expr, $summary:expr) => {
         Spec {
             name: $name,
             arity: $arity,
             access: Access::$access,
             handler: $handler,
             write: $write,
+            keyed: $keyed,
+            summary: $summary,
         }
     };
 }
 
 /// Every command creditd knows, in the order of [`Spec`] indices.
+#[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
-    spec!("reserve", -4, Gateway, holds::reserve, true),
-    spec!("capture", -4, Gateway, holds::capture, true),
-    spec!("commit", -3, Gateway, holds::commit, true),
-    spec!("release", 3, Gateway, holds::release, true),
-    spec!("extend", 4, Gateway, holds::extend, true),
-    spec!("debit", -4, Gateway, credits::debit, true),
-    spec!("grant", -4, Admin, credits::grant, true),
-    spec!("quote", 3, Gateway, credits::quote, false),
-    spec!("balance", 2, Gateway, reads::balance, false),
-    spec!("account", 2, Gateway, reads::account, false),
-    spec!("history", -2, Gateway, reads::history, false),
-    spec!("subscribe", -3, Admin, plans::subscribe, true),
-    spec!("seats", 3, Admin, plans::seats, true),
-    spec!("addon", 3, Admin, plans::addon, true),
-    spec!("unsubscribe", 2, Admin, plans::unsubscribe, true),
-    spec!("plan", -3, Admin, plans::plan, true),
-    spec!("ping", -1, Open, connection::ping, false),
-    spec!("echo", 2, Session, connection::echo, false),
-    spec!("auth", -2, Open, connection::auth, false),
-    spec!("hello", -1, Open, connection::hello, false),
-    spec!("quit", -1, Open, connection::quit, false),
-    spec!("select", 2, Session, connection::select, false),
-    spec!("client", -2, Session, connection::client, false),
-    spec!("command", -1, Session, connection::command, false),
-    spec!("info", -1, Probe, admin::info, false),
-    spec!("config", -2, Admin, admin::config, false),
-    spec!("clock", -2, Admin, admin::clock, false),
+    // name, arity, access, handler, write, keyed (first argument is an account), summary
+    spec!("reserve", -4, Gateway, holds::reserve, true, true, "Holds credits of an account for a job"),
+    spec!("capture", -4, Gateway, holds::capture, true, true, "Spends part of a hold and keeps it open"),
+    spec!("commit", -3, Gateway, holds::commit, true, true, "Spends what a job used of its hold and closes it"),
+    spec!("release", 3, Gateway, holds::release, true, true, "Gives a hold's credits back"),
+    spec!("extend", 4, Gateway, holds::extend, true, true, "Moves a hold's expiry"),
+    spec!("debit", -4, Gateway, credits::debit, true, true, "Spends available credits at once"),
+    spec!("grant", -4, Admin, credits::grant, true, true, "Adds a bucket of credits to an account"),
+    spec!("quote", 3, Gateway, credits::quote, false, false, "Prices a quantity of a sku"),
+    spec!("balance", 2, Gateway, reads::balance, false, true, "An account's five totals"),
+    spec!("account", 2, Gateway, reads::account, false, true, "An account's plan, buckets and open holds"),
+    spec!("history", -2, Gateway, reads::history, false, true, "An account's newest history entries"),
+    spec!("subscribe", -3, Admin, plans::subscribe, true, true, "Puts an account on a plan"),
+    spec!("seats", 3, Admin, plans::seats, true, true, "Sets the seats of an account's plan"),
+    spec!("addon", 3, Admin, plans::addon, true, true, "Sets the add-on units of an account's plan"),
+    spec!("unsubscribe", 2, Admin, plans::unsubscribe, true, true, "Ends an account's plan at its cycle's end"),
+    spec!("plan", -3, Admin, plans::plan, true, true, "Puts an account on a plan, or cancels it with NONE"),
+    spec!("ping", -1, Open, connection::ping, false, false, "Answers PONG"),
+    spec!("echo", 2, Session, connection::echo, false, false, "Answers its argument"),
+    spec!("auth", -2, Open, connection::auth, false, false, "Authenticates the connection"),
+    spec!("hello", -1, Open, connection::hello, false, false, "Chooses the protocol and authenticates"),
+    spec!("quit", -1, Open, connection::quit, false, false, "Closes the connection"),
+    spec!("select", 2, Session, connection::select, false, false, "Accepts database 0 only"),
+    spec!("client", -2, Session, connection::client, false, false, "Names the connection and reads its id"),
+    spec!("command", -1, Session, describe::command, false, false, "Describes the commands"),
+    spec!("info", -1, Probe, admin::info, false, false, "Server information and statistics"),
+    spec!("config", -2, Admin, admin::config, false, false, "Reads or reloads the configuration"),
+    spec!("clock", -2, Admin, admin::clock, false, false, "Reads or moves the test clock"),
 ];
 
 /// Finds a command by name, case-insensitively, without allocating.
