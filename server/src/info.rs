@@ -17,6 +17,7 @@ const SECTIONS: &[(&str, WriteSection)] = &[
     ("stats", stats),
     ("persistence", persistence),
     ("accounts", accounts),
+    ("cluster", cluster),
     ("errorstats", errorstats),
 ];
 
@@ -121,4 +122,10 @@ fn errorstats(app: &App, s: &mut String) {
         }
     }
     s.push_str("\r\n");
+}
+
+/// As Redis without cluster support: clients (redis-py's `RedisCluster`,
+/// the redis crate's cluster client) read it to tell a cluster node.
+fn cluster(_: &App, s: &mut String) {
+    s.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
 }

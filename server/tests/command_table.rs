@@ -137,3 +137,23 @@ fn count_list_docs_and_help_agree_with_the_table() {
         "ERR unknown subcommand or wrong number of arguments for 'BOGUS'. Try COMMAND HELP."
     );
 }
+
+#[test]
+fn without_cluster_mode_cluster_commands_say_so_as_redis_does() {
+    let srv = Creditd::start(&[]);
+    let mut c = srv.client();
+    for sub in ["INFO", "SLOTS", "SHARDS", "NODES", "MYID", "KEYSLOT"] {
+        assert_eq!(
+            err(&mut c, &["CLUSTER", sub]),
+            "ERR This instance has cluster support disabled",
+            "{sub}"
+        );
+    }
+    let Ok(Value::BulkString(info)) = cmd(&mut c, &["INFO", "cluster"]) else {
+        panic!("INFO cluster");
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&info),
+        "# Cluster\r\ncluster_enabled:0\r\n\r\n"
+    );
+}

@@ -149,6 +149,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("select", 2, Session, connection::select, false, false, "Accepts database 0 only"),
     spec!("client", -2, Session, connection::client, false, false, "Names the connection and reads its id"),
     spec!("command", -1, Session, describe::command, false, false, "Describes the commands"),
+    spec!("cluster", -2, Session, connection::cluster, false, false, "Cluster state (cluster support is off in this mode)"),
     spec!("info", -1, Probe, admin::info, false, false, "Server information and statistics"),
     spec!("config", -2, Admin, admin::config, false, false, "Reads or reloads the configuration"),
     spec!("clock", -2, Admin, admin::clock, false, false, "Reads or moves the test clock"),
