@@ -331,12 +331,25 @@ fn connection_limit_answers_max_clients() {
     let config = dir.join("creditd.toml");
     std::fs::write(&config, "max_clients = 3\n").unwrap();
     let srv = Creditd::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    // The harness's own readiness probe may still count as open for a
+    // moment after it closed: a connection refused meanwhile is retried,
+    // so that exactly three are served before the fourth is tried.
     let keep: Vec<_> = (0..3)
         .map(|_| {
-            let mut s = srv.raw();
-            s.write_all(b"PING\r\n").unwrap();
-            read_replies(&mut s, 1);
-            s
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let mut s = srv.raw();
+                // A refused connection may be reset under the write or read.
+                let _ = s.write_all(b"PING\r\n");
+                let mut reply = String::new();
+                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+                let _ = std::io::BufRead::read_line(&mut reader, &mut reply);
+                if reply == "+PONG\r\n" {
+                    break s;
+                }
+                assert!(Instant::now() < deadline, "three connections are served");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         })
         .collect();
     let mut extra = srv.raw();
