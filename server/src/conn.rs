@@ -273,7 +273,7 @@ fn busy_where_not_durable(app: &App, out: &[u8], waiting: &[Waiting], durable_se
         .write_problem()
         .unwrap_or_else(|| format!("the journal did not write it within {DURABLE_WAIT_MAX_MS} ms"));
     let busy = Failure::new(
-        ErrorCode::Busy,
+        ErrorCode::BUSY,
         format!(
             "this change is not durable yet: {why}; retry with the same id to learn its outcome"
         ),

@@ -11,15 +11,9 @@ use std::fmt;
 /// the ones only the server sends (auth, permissions, protocol, MULTI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
-    /// `ERR`: syntax, arity, range, an unknown command, a broken frame.
-    Err,
-    Insufficient,
-    NotFound,
-    Conflict,
-    Expired,
-    NotEntitled,
-    /// `BUSY`: persistence refuses writes now, or a change was not durable in time.
-    Busy,
+    /// One of the engine's codes (`ERR`, `INSUFFICIENT`, `NOTFOUND`,
+    /// `CONFLICT`, `EXPIRED`, `NOTENTITLED`, `BUSY`).
+    Engine(Code),
     /// `NOAUTH`: the connection has not authenticated.
     NoAuth,
     /// `WRONGPASS`: no token matched.
@@ -32,33 +26,39 @@ pub enum ErrorCode {
     ExecAbort,
 }
 
+/// The server's own codes, in index order after the engine's.
+const SERVER_CODES: [ErrorCode; 5] = [
+    ErrorCode::NoAuth,
+    ErrorCode::WrongPass,
+    ErrorCode::NoPerm,
+    ErrorCode::NoProto,
+    ErrorCode::ExecAbort,
+];
+
 impl ErrorCode {
-    /// Every code, in declaration order (`ALL[c.index()] == c`).
-    pub const ALL: [ErrorCode; 12] = [
-        ErrorCode::Err,
-        ErrorCode::Insufficient,
-        ErrorCode::NotFound,
-        ErrorCode::Conflict,
-        ErrorCode::Expired,
-        ErrorCode::NotEntitled,
-        ErrorCode::Busy,
-        ErrorCode::NoAuth,
-        ErrorCode::WrongPass,
-        ErrorCode::NoPerm,
-        ErrorCode::NoProto,
-        ErrorCode::ExecAbort,
-    ];
+    pub const ERR: ErrorCode = ErrorCode::Engine(Code::Err);
+    pub const BUSY: ErrorCode = ErrorCode::Engine(Code::Busy);
+    pub const NOT_FOUND: ErrorCode = ErrorCode::Engine(Code::NotFound);
+
+    /// Every code, in index order (`ALL[c.index()] == c`).
+    pub const ALL: [ErrorCode; Code::ALL.len() + SERVER_CODES.len()] = {
+        let mut all = [ErrorCode::ERR; Code::ALL.len() + SERVER_CODES.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < Code::ALL.len() {
+                ErrorCode::Engine(Code::ALL[i])
+            } else {
+                SERVER_CODES[i - Code::ALL.len()]
+            };
+            i += 1;
+        }
+        all
+    };
 
     /// The word on the wire (and the `result` label of the metrics).
     pub fn as_str(self) -> &'static str {
         match self {
-            ErrorCode::Err => "ERR",
-            ErrorCode::Insufficient => "INSUFFICIENT",
-            ErrorCode::NotFound => "NOTFOUND",
-            ErrorCode::Conflict => "CONFLICT",
-            ErrorCode::Expired => "EXPIRED",
-            ErrorCode::NotEntitled => "NOTENTITLED",
-            ErrorCode::Busy => "BUSY",
+            ErrorCode::Engine(code) => code.as_str(),
             ErrorCode::NoAuth => "NOAUTH",
             ErrorCode::WrongPass => "WRONGPASS",
             ErrorCode::NoPerm => "NOPERM",
@@ -69,21 +69,20 @@ impl ErrorCode {
 
     /// Position in [`ErrorCode::ALL`], for counters kept in an array.
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            ErrorCode::Engine(code) => code.index(),
+            ErrorCode::NoAuth => Code::ALL.len(),
+            ErrorCode::WrongPass => Code::ALL.len() + 1,
+            ErrorCode::NoPerm => Code::ALL.len() + 2,
+            ErrorCode::NoProto => Code::ALL.len() + 3,
+            ErrorCode::ExecAbort => Code::ALL.len() + 4,
+        }
     }
 }
 
 impl From<Code> for ErrorCode {
     fn from(code: Code) -> Self {
-        match code {
-            Code::Err => ErrorCode::Err,
-            Code::Insufficient => ErrorCode::Insufficient,
-            Code::NotFound => ErrorCode::NotFound,
-            Code::Conflict => ErrorCode::Conflict,
-            Code::Expired => ErrorCode::Expired,
-            Code::NotEntitled => ErrorCode::NotEntitled,
-            Code::Busy => ErrorCode::Busy,
-        }
+        ErrorCode::Engine(code)
     }
 }
 
@@ -104,7 +103,7 @@ impl Failure {
 
     /// `-ERR text`.
     pub fn err(text: impl Into<Cow<'static, str>>) -> Self {
-        Failure::new(ErrorCode::Err, text)
+        Failure::new(ErrorCode::ERR, text)
     }
 
     pub fn syntax() -> Self {

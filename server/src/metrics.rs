@@ -231,7 +231,7 @@ impl Metrics {
             handle,
             counters: Counters::default(),
             commands,
-            unknown_commands: counter!("creditd_commands_total", "command" => "unknown", "result" => ErrorCode::Err.as_str()),
+            unknown_commands: counter!("creditd_commands_total", "command" => "unknown", "result" => ErrorCode::ERR.as_str()),
             durability_wait: histogram!("creditd_journal_wait_seconds"),
             durability_timeouts: counter!("creditd_durability_timeouts_total"),
             journal_write: histogram!("creditd_journal_write_seconds"),

@@ -240,7 +240,7 @@ pub fn is(arg: &[u8], keyword: &str) -> bool {
 /// A sku or plan name as UTF-8 (names in the config are UTF-8; anything else is unknown).
 pub fn name<'a>(arg: &'a [u8], what: &str) -> Result<&'a str, Failure> {
     std::str::from_utf8(arg)
-        .map_err(|_| Failure::new(ErrorCode::NotFound, format!("no such {what}")))
+        .map_err(|_| Failure::new(ErrorCode::NOT_FOUND, format!("no such {what}")))
 }
 
 /// Encodes an engine mutation outcome as an integer reply.
