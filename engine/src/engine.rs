@@ -170,9 +170,6 @@ impl Engine {
             let (resolved, default_ttl_ms) = Resolved::from_catalog(&cat, m)?;
             (resolved, default_ttl_ms, cat.limits, cat.max_accounts)
         };
-        // The record keeps what the command was decided under.
-        let price = resolved.price.as_ref().map(|(_, p)| p.clone());
-        let plan = resolved.plan.clone();
         let find = Find::OrCreate {
             count: &self.accounts,
             max: max_accounts,
@@ -185,7 +182,7 @@ impl Engine {
                 limits,
                 replay: false,
             };
-            let reply = match apply(acct, &ctx, m, resolved)? {
+            let reply = match apply(acct, &ctx, m, &resolved)? {
                 Applied::Repeated(reply) => {
                     return Ok(Outcome {
                         reply,
@@ -199,8 +196,9 @@ impl Engine {
                 at_ms: step.now_ms,
                 account: Bytes(account),
                 mutation: *m,
-                price: price.as_deref().map(Cow::Borrowed),
-                plan: plan.as_deref().map(Cow::Borrowed),
+                // What the command was decided under.
+                price: resolved.price.as_ref().map(|(_, p)| Cow::Borrowed(&**p)),
+                plan: resolved.plan.as_deref().map(Cow::Borrowed),
                 terms: limits.terms,
                 default_ttl_ms,
             };
@@ -335,7 +333,8 @@ impl Engine {
 
     /// Drops every account of hash slot `slot` from memory (another node
     /// owns it now). Returns how many went. Their queue entries and dirty
-    /// marks are skipped when met.
+    /// marks are skipped when met: a change not yet written behind is lost
+    /// with its account, so the caller drains the write-behind first.
     pub fn drop_slot(&self, slot: u16) -> usize {
         assert!(slot < SLOTS, "a slot is below {SLOTS}");
         let mut shard = self.shard_of_slot(slot).lock();

@@ -366,27 +366,25 @@ impl DoneLog {
             id,
             done,
         };
-        let mut body = [0u8; 256];
+        // Encoded once, on the stack, after room for its length prefix (a
+        // record of up to 256 bytes has a prefix of one or two bytes).
+        let mut buf = [0u8; 2 + 256];
         let owned;
-        let body: &[u8] = match postcard::to_slice(&record, &mut body) {
-            Ok(b) => b,
+        let framed: &[u8] = match postcard::to_slice(&record, &mut buf[2..]) {
+            Ok(body) => {
+                let n = body.len();
+                let mut prefix = [0u8; 10];
+                let p = put_varint(&mut prefix, n as u64);
+                buf[2 - p..2].copy_from_slice(&prefix[..p]);
+                &buf[2 - p..2 + n]
+            }
             Err(_) => {
-                owned = postcard::to_allocvec(&record).expect("records encode");
+                let body = postcard::to_allocvec(&record).expect("records encode");
+                let mut prefix = [0u8; 10];
+                let p = put_varint(&mut prefix, body.len() as u64);
+                owned = [&prefix[..p], &body].concat();
                 &owned
             }
-        };
-        // Framed on the stack: a length prefix of at most 10 bytes, then the body.
-        let mut prefix = [0u8; 10];
-        let prefix_len = put_varint(&mut prefix, body.len() as u64);
-        let mut framed_buf = [0u8; 266];
-        let owned_framed;
-        let framed: &[u8] = if body.len() <= 256 {
-            framed_buf[..prefix_len].copy_from_slice(&prefix[..prefix_len]);
-            framed_buf[prefix_len..prefix_len + body.len()].copy_from_slice(body);
-            &framed_buf[..prefix_len + body.len()]
-        } else {
-            owned_framed = [&prefix[..prefix_len], body].concat();
-            &owned_framed
         };
         if let Repr::Small { len, bytes } = &mut self.0 {
             let used = *len as usize;

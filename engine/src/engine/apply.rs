@@ -140,7 +140,9 @@ fn price(
 }
 
 /// Applies one mutation to one account (new commands and replayed records alike).
-pub(super) fn apply(acct: &mut Account, ctx: &Ctx, m: &Mutation, r: Resolved) -> Result<Applied> {
+/// The inputs are borrowed: the caller's journal record points at the same
+/// price and plan, and only a new hold or subscription keeps a reference.
+pub(super) fn apply(acct: &mut Account, ctx: &Ctx, m: &Mutation, r: &Resolved) -> Result<Applied> {
     match *m {
         Mutation::Grant {
             grant_id,
@@ -169,7 +171,7 @@ pub(super) fn apply(acct: &mut Account, ctx: &Ctx, m: &Mutation, r: Resolved) ->
                 return earlier;
             }
             acct.check_hold_limit(ctx)?;
-            let priced = price(acct, charge, r.price)?;
+            let priced = price(acct, charge, r.price.clone())?;
             acct.reserve(ctx, hold_id.0, priced, (r.ttl_ms, ttl_ms))
         }
         Mutation::Capture { hold_id, usage } => acct.capture(ctx, hold_id.0, usage),
@@ -180,7 +182,7 @@ pub(super) fn apply(acct: &mut Account, ctx: &Ctx, m: &Mutation, r: Resolved) ->
             if let Some(earlier) = acct.recall_debit(debit_id.0, &charge) {
                 return earlier;
             }
-            let priced = price(acct, charge, r.price)?;
+            let priced = price(acct, charge, r.price.clone())?;
             acct.debit(ctx, debit_id.0, priced)
         }
         Mutation::Subscribe {
@@ -190,6 +192,7 @@ pub(super) fn apply(acct: &mut Account, ctx: &Ctx, m: &Mutation, r: Resolved) ->
         } => {
             let terms = r
                 .plan
+                .clone()
                 .ok_or_else(|| EngineError::not_found(format!("no such plan '{plan}'")))?;
             acct.subscribe(ctx, plan, terms, seats, anchor_ms)
         }

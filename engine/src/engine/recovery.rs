@@ -62,7 +62,7 @@ impl Engine {
                 limits,
                 replay: true,
             };
-            match apply(acct, &ctx, &m, resolved) {
+            match apply(acct, &ctx, &m, &resolved) {
                 Ok(Applied::Changed(_)) => {}
                 Ok(Applied::Repeated(_)) => {
                     return Err(format!(
