@@ -40,6 +40,8 @@ use std::hash::BuildHasher;
 pub const INDEX_FROM: usize = 24;
 /// Records below which the index is dropped again (hysteresis).
 const INDEX_DROP_BELOW: usize = 8;
+/// A boxed log's buffer is never shrunk below twice this.
+const SHRINK_FLOOR_BYTES: usize = 128;
 /// Record bytes kept inline in the account: a grant's record with a short id.
 pub const SMALL_BYTES: usize = 22;
 
@@ -280,6 +282,13 @@ impl Large {
         self.bytes.drain(..self.head);
         self.base += self.head as u64;
         self.head = 0;
+        // A log that was long once (up to `max_ids` records) gives its
+        // memory back when pruning leaves it short; the slack of four times
+        // keeps an account whose records turn over from reallocating.
+        let keep = 2 * self.bytes.len().max(SHRINK_FLOOR_BYTES);
+        if self.bytes.capacity() > 2 * keep {
+            self.bytes.shrink_to(keep);
+        }
     }
 
     /// Removes the oldest record.

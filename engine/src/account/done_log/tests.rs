@@ -101,3 +101,31 @@ fn a_repeated_id_in_stored_records_is_refused_by_check() {
     let log: DoneLog = postcard::from_bytes(&bytes).unwrap();
     assert!(log.check().is_err());
 }
+
+#[test]
+fn a_long_log_pruned_short_gives_its_memory_back() {
+    let mut log = DoneLog::default();
+    for n in 0..10_000u64 {
+        log.push(n, &Id::new(format!("d{n}").as_bytes()), &debit(n));
+    }
+    let capacity = |log: &DoneLog| match &log.0 {
+        Repr::Large(large) => large.bytes.capacity(),
+        Repr::Small { .. } => 0,
+    };
+    assert!(capacity(&log) > 100_000, "{}", capacity(&log));
+    assert_eq!(log.pop_while(|finished_ms, _| finished_ms < 9_999), 9_999);
+    assert!(
+        capacity(&log) <= 4 * SHRINK_FLOOR_BYTES,
+        "{}",
+        capacity(&log)
+    );
+    assert_eq!(log.get(Kind::Debit, b"d9999"), Some(debit(9_999)));
+    assert_eq!(log.check(), Ok(()));
+    // Records turning over one at a time do not shrink and regrow it.
+    let before = capacity(&log);
+    for n in 10_000..10_100u64 {
+        log.push(n, &Id::new(format!("d{n}").as_bytes()), &debit(n));
+        log.pop_while(|_, len| len > 1);
+        assert_eq!(capacity(&log), before);
+    }
+}
