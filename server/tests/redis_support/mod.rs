@@ -361,16 +361,9 @@ pub fn signal(pid: u32, pause: bool) {
 
 /// A numeric field of `INFO persistence`.
 pub fn info_field(conn: &mut redis::Connection, field: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("persistence")
-        .query(conn)
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
-        .trim()
-        .parse()
-        .unwrap()
+    let text = info_text(conn, field);
+    text.parse()
+        .unwrap_or_else(|_| panic!("{field} is not a number: {text}"))
 }
 
 /// Runs a command with redis-rs, typed as the caller asks.
