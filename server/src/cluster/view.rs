@@ -21,12 +21,16 @@ pub struct NodeEntry {
     /// Owned slots as inclusive ranges, ascending.
     pub ranges: Vec<(u16, u16)>,
     pub myself: bool,
+    /// Stopping (SIGTERM): it hands its slots over and takes no share.
+    pub leaving: bool,
 }
 
 impl NodeEntry {
-    /// The heartbeat value: `<host> <port> <ranges>`.
-    pub fn heartbeat(host: &str, port: u16, ranges: &[(u16, u16)]) -> String {
-        format!("{host} {port} {}", ranges_text(ranges))
+    /// The heartbeat value: `<host> <port> <ranges>`, then `leaving` while
+    /// the node hands everything over.
+    pub fn heartbeat(host: &str, port: u16, ranges: &[(u16, u16)], leaving: bool) -> String {
+        let flag = if leaving { " leaving" } else { "" };
+        format!("{host} {port} {}{flag}", ranges_text(ranges))
     }
 
     /// Reads a heartbeat value (None: not one).
@@ -35,12 +39,14 @@ impl NodeEntry {
         let host = parts.next()?.to_string();
         let port = parts.next()?.parse().ok()?;
         let ranges = parse_ranges(parts.next().unwrap_or(""))?;
+        let leaving = parts.next() == Some("leaving");
         Some(NodeEntry {
             id: id.to_string(),
             host,
             port,
             ranges,
             myself: false,
+            leaving,
         })
     }
 
@@ -61,6 +67,8 @@ impl NodeEntry {
 pub struct View {
     pub nodes: Vec<NodeEntry>,
     owner: Vec<u16>,
+    /// Indices of the nodes that take a share (not leaving).
+    staying: Vec<usize>,
 }
 
 impl Default for View {
@@ -68,6 +76,7 @@ impl Default for View {
         View {
             nodes: Vec::new(),
             owner: vec![NONE; usize::from(SLOTS)],
+            staying: Vec::new(),
         }
     }
 }
@@ -88,7 +97,12 @@ impl View {
                 }
             }
         }
-        View { nodes, owner }
+        let staying = (0..nodes.len()).filter(|&i| !nodes[i].leaving).collect();
+        View {
+            nodes,
+            owner,
+            staying,
+        }
     }
 
     /// The node announcing `slot`, if any.
@@ -104,13 +118,15 @@ impl View {
     }
 
     /// The live node that should own `slot`: the 16384 slots split into
-    /// as many contiguous, even ranges as there are live nodes, in id order.
+    /// as many contiguous, even ranges as there are live nodes not leaving,
+    /// in id order.
     pub fn share_of(&self, slot: u16) -> Option<&NodeEntry> {
-        if self.nodes.is_empty() {
+        let n = self.staying.len();
+        if n == 0 {
             return None;
         }
-        let n = self.nodes.len();
-        self.nodes.get(usize::from(slot) * n / usize::from(SLOTS))
+        let i = self.staying[usize::from(slot) * n / usize::from(SLOTS)];
+        self.nodes.get(i)
     }
 
     /// Every slot is announced by a live node.
@@ -174,13 +190,15 @@ mod tests {
     fn heartbeats_round_trip_and_shares_are_even() {
         let ranges = ranges_of(&[0, 1, 2, 7, 9, 10]);
         assert_eq!(ranges, vec![(0, 2), (7, 7), (9, 10)]);
-        let value = NodeEntry::heartbeat("127.0.0.1", 7001, &ranges);
+        let value = NodeEntry::heartbeat("127.0.0.1", 7001, &ranges, false);
         assert_eq!(value, "127.0.0.1 7001 0-2,7,9-10");
         let node = NodeEntry::parse("b", &value).unwrap();
         assert_eq!((node.ranges.clone(), node.slot_count()), (ranges, 6));
         assert!(NodeEntry::parse("x", "h 1 5-3").is_none());
         let empty = NodeEntry::parse("c", "h 2 -").unwrap();
-        let view = View::new(vec![node, empty]);
+        let leaving = NodeEntry::parse("d", &NodeEntry::heartbeat("h", 3, &[], true)).unwrap();
+        assert!(leaving.leaving && !empty.leaving);
+        let view = View::new(vec![node, empty, leaving]);
         assert_eq!(view.owner_address(9).as_deref(), Some("127.0.0.1:7001"));
         assert_eq!(view.owner(3), None);
         assert_eq!(view.share_of(0).unwrap().id, "b");
