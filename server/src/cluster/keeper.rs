@@ -1,29 +1,25 @@
 //! The keeper thread: how a node joins, holds, takes and gives up slots.
 //!
 //! Each turn of its loop does what is due:
-//! - every third of the lease: one renewal round, one pipeline per Redis
-//!   master: the node's heartbeat key and every slot lease it holds. When the
-//!   whole round succeeds, the leases count as valid here until the round's
-//!   send time plus 90 % of the lease. A slot whose lease another node holds
-//!   now is lost: dropped at once. A slot taken back after Redis lost it is
-//!   written again whole.
-//! - every view interval: read who is live (the member set and each
-//!   member's heartbeat), then rebalance: slots this node holds whose share
-//!   is another live node's are handed over (served no more, flushed to
-//!   Redis, released); slots whose share is this node's and that no live
-//!   node announces are claimed, then loaded from Redis.
+//! - every third of the lease: renew the node's lease ([`super::membership`]);
+//! - every two renewals, or when a write found its fence gone: check the
+//!   fences of the slots held;
+//! - every view interval (a third of the lease, at most 250 ms): read who is
+//!   live, then rebalance: slots this node serves whose share is another
+//!   live node's are handed over (served no more, flushed to Redis, their
+//!   fences deleted); slots whose share is this node's and that no live
+//!   node announces are claimed, then loaded from Redis;
 //! - loading claimed slots, a batch at a time, so a long load never delays
 //!   a renewal.
 //!
-//! On stop it hands everything over: its heartbeat goes first (peers stop
-//! counting on it), then every slot is flushed and released, then it waits
-//! a little for the peers to announce them, so clients still connected are
-//! redirected rather than refused.
+//! On stop it hands everything over: its lease first says it is leaving
+//! (peers take no share from it), then every slot is flushed and released,
+//! then it waits a little for the peers to announce them, so clients still
+//! connected are redirected rather than refused.
 
 use super::leases::Shas;
 use super::load::load_slots;
 use super::redis::RedisNodes;
-use super::view::{ranges_of, NodeEntry, View};
 use super::{keys, Cluster, SlotState};
 use crate::redis_reply::{int, text};
 use crate::stop::Stop;
@@ -43,33 +39,34 @@ const LOAD_BATCH_SLOTS: usize = 1024;
 const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Keeper {
-    cluster: Arc<Cluster>,
-    engine: Arc<Engine>,
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) engine: Arc<Engine>,
     journal: Arc<Journal>,
-    redis: RedisNodes,
-    shas: Shas,
+    pub(super) redis: RedisNodes,
+    pub(super) shas: Shas,
     stop: Stop,
-    renewed_at_ms: Option<u64>,
-    viewed_at_ms: Option<u64>,
-    /// When this node first heartbeat: it claims nothing for one view
-    /// interval, so nodes starting together see each other first.
-    joined_at_ms: Option<u64>,
+    pub(super) renewed_at_ms: Option<u64>,
+    pub(super) viewed_at_ms: Option<u64>,
+    pub(super) fences_checked_at_ms: Option<u64>,
+    /// When this node joined (set its lease): it claims nothing for one
+    /// view interval, so nodes starting together see each other first.
+    pub(super) joined_at_ms: Option<u64>,
     /// Slots being handed over, with the journal seq that must be in Redis
-    /// before the lease is released.
-    leaving: Vec<(u16, u64)>,
-    loading: VecDeque<u16>,
+    /// before the fence is released.
+    pub(super) leaving: Vec<(u16, u64)>,
+    pub(super) loading: VecDeque<u16>,
     load_started: Option<Instant>,
-    logged_problem: bool,
+    pub(super) logged_problem: bool,
     /// Per slot, 1 + the time (ms) from which it may be claimed, if a node
     /// that is gone (died or left) announced it last (0: none did). Taking
     /// one counts as a failover.
-    orphaned: Vec<u64>,
-    /// Each peer's heartbeat expiry (PTTL) at the last view: a heartbeat
-    /// that vanishes long before it would expire was deleted (Redis lost
-    /// data), not outlived.
-    last_pttl_ms: HashMap<String, i64>,
-    /// Stopping: the heartbeat says so, and this node takes no share.
-    leaving_all: bool,
+    pub(super) orphaned: Vec<u64>,
+    /// Each peer's lease expiry (PTTL) at the last view: a lease that
+    /// vanishes long before it would expire was deleted (Redis lost data),
+    /// not outlived.
+    pub(super) last_pttl_ms: HashMap<String, i64>,
+    /// Stopping: the lease says so, and this node takes no share.
+    pub(super) leaving_all: bool,
 }
 
 impl Keeper {
@@ -89,6 +86,7 @@ impl Keeper {
             stop,
             renewed_at_ms: None,
             viewed_at_ms: None,
+            fences_checked_at_ms: None,
             joined_at_ms: None,
             leaving: Vec::new(),
             loading: VecDeque::new(),
@@ -100,11 +98,11 @@ impl Keeper {
         }
     }
 
-    fn renew_interval_ms(&self) -> u64 {
+    pub(super) fn renew_interval_ms(&self) -> u64 {
         self.cluster.lease_ms / 3
     }
 
-    fn view_interval_ms(&self) -> u64 {
+    pub(super) fn view_interval_ms(&self) -> u64 {
         (self.cluster.lease_ms / 3).min(250)
     }
 
@@ -117,7 +115,12 @@ impl Keeper {
         while !self.stop.requested() {
             let now = self.cluster.now_ms();
             if Self::due(self.renewed_at_ms, self.renew_interval_ms(), now) {
-                self.renew_round();
+                self.renew();
+            }
+            let fence_check_due = self.joined_at_ms.is_some()
+                && Self::due(self.fences_checked_at_ms, 2 * self.renew_interval_ms(), now);
+            if fence_check_due || self.cluster.check_fences.swap(false, Ordering::AcqRel) {
+                self.check_fences();
             }
             if Self::due(self.viewed_at_ms, self.view_interval_ms(), now) {
                 self.read_view();
@@ -132,185 +135,6 @@ impl Keeper {
             self.stop.sleep(Duration::from_millis(wait));
         }
         self.hand_over_all();
-    }
-
-    /// The heartbeat value: this node's address and the slots it holds.
-    fn heartbeat(&self) -> String {
-        let (host, port) = &self.cluster.announce;
-        NodeEntry::heartbeat(
-            host,
-            *port,
-            &ranges_of(&self.cluster.announced()),
-            self.leaving_all,
-        )
-    }
-
-    /// Writes the heartbeat now (what this node announces changed).
-    fn announce(&mut self) {
-        let key = keys::node_key(&self.cluster.node.id);
-        let mut set = redis::cmd("SET");
-        set.arg(&key)
-            .arg(self.heartbeat())
-            .arg("PX")
-            .arg(self.cluster.lease_ms);
-        let _ = self.redis.run_one(slot_of(key.as_bytes()), set);
-    }
-
-    /// One renewal round (see the module doc).
-    fn renew_round(&mut self) {
-        let sent = self.cluster.now_ms();
-        let ttl = self.cluster.lease_ms;
-        let node_key = keys::node_key(&self.cluster.node.id);
-        let mut commands = Vec::new();
-        let mut set = redis::cmd("SET");
-        set.arg(&node_key).arg(self.heartbeat()).arg("PX").arg(ttl);
-        commands.push((slot_of(node_key.as_bytes()), set));
-        let mut add = redis::cmd("SADD");
-        add.arg(keys::MEMBERS_KEY).arg(&self.cluster.node.id);
-        commands.push((slot_of(keys::MEMBERS_KEY.as_bytes()), add));
-        let held = self.cluster.owned();
-        for &slot in &held {
-            let epoch = self.cluster.epoch(slot);
-            let value = self.cluster.lease_value(epoch);
-            commands.push((slot, self.shas.renew(slot, &value, epoch, ttl)));
-        }
-        let replies = self.redis.run(commands);
-        let mut failure: Option<String> = None;
-        let (mut lost, mut retaken) = (0, 0);
-        for r in &replies[..2] {
-            if let Err(e) = r {
-                failure = Some(e.to_string());
-            }
-        }
-        for (&slot, reply) in held.iter().zip(&replies[2..]) {
-            match reply {
-                Ok(Value::Int(1 | 3)) => {}
-                Ok(Value::Int(2)) => {
-                    for id in self.engine.slot_accounts(slot) {
-                        self.engine.mark_dirty(&id);
-                    }
-                    retaken += 1;
-                }
-                Ok(_) => {
-                    self.cluster.lose_slot(&self.engine, slot);
-                    lost += 1;
-                }
-                Err(e) => failure = Some(e.to_string()),
-            }
-        }
-        if retaken > 0 {
-            tracing::warn!(slots = retaken, "Redis lost these slots' leases and epochs (a flush, or a failover to a stale replica): taken back, and every account of them is written again");
-            self.cluster.wake_writer();
-        }
-        if lost > 0 {
-            tracing::error!(slots = lost, "lost slot leases to another node (this process was paused or cut off past its lease): those slots are dropped here; changes of them not yet in Redis were never acknowledged");
-        }
-        if self.joined_at_ms.is_none() && failure.is_none() {
-            self.joined_at_ms = Some(sent);
-        }
-        match failure {
-            None => {
-                self.cluster.extend_validity(sent + ttl - ttl / 10);
-                self.cluster
-                    .stats
-                    .lease_renewals
-                    .fetch_add(held.len() as u64, Ordering::Relaxed);
-                self.renewed_at_ms = Some(sent);
-                if self.logged_problem {
-                    tracing::info!(redis = %self.redis.url, "slot leases renewed again");
-                    self.logged_problem = false;
-                }
-            }
-            Some(e) => {
-                if !self.logged_problem {
-                    tracing::warn!(redis = %self.redis.url, "cannot renew the slot leases ({e}); retrying");
-                    self.logged_problem = true;
-                }
-                // Sooner again: a cut connection must not cost the leases.
-                self.renewed_at_ms = Some(sent.saturating_sub(self.renew_interval_ms()) + 100);
-            }
-        }
-    }
-
-    /// Reads the member set and each member's heartbeat; forgets members
-    /// whose heartbeat is gone (a live one adds itself again).
-    fn read_view(&mut self) {
-        let members_slot = slot_of(keys::MEMBERS_KEY.as_bytes());
-        let mut smembers = redis::cmd("SMEMBERS");
-        smembers.arg(keys::MEMBERS_KEY);
-        let ids: Vec<String> = match self.redis.run_one(members_slot, smembers) {
-            Ok(Value::Array(m)) | Ok(Value::Set(m)) => m.iter().map(text).collect(),
-            _ => return,
-        };
-        let me = &self.cluster.node.id;
-        let others: Vec<&String> = ids.iter().filter(|id| *id != me).collect();
-        let mut commands = Vec::with_capacity(others.len() * 2);
-        for id in &others {
-            let key = keys::node_key(id);
-            let slot = slot_of(key.as_bytes());
-            let mut get = redis::cmd("GET");
-            get.arg(&key);
-            let mut pttl = redis::cmd("PTTL");
-            pttl.arg(&key);
-            commands.push((slot, get));
-            commands.push((slot, pttl));
-        }
-        let replies = self.redis.run(commands);
-        let mut nodes = Vec::new();
-        let mut gone = Vec::new();
-        let mut pttls = HashMap::new();
-        for (id, pair) in others.iter().zip(replies.chunks(2)) {
-            match (&pair[0], &pair[1]) {
-                (Ok(Value::Nil), _) => gone.push((*id).clone()),
-                (Ok(v), Ok(pttl)) => {
-                    nodes.extend(NodeEntry::parse(id, &text(v)));
-                    pttls.insert((*id).clone(), int(pttl));
-                }
-                _ => return,
-            }
-        }
-        if !gone.is_empty() {
-            let mut srem = redis::cmd("SREM");
-            srem.arg(keys::MEMBERS_KEY).arg(&gone);
-            let _ = self.redis.run_one(members_slot, srem);
-        }
-        if self.joined_at_ms.is_some() {
-            let (host, port) = self.cluster.announce.clone();
-            nodes.push(NodeEntry {
-                id: me.clone(),
-                host,
-                port,
-                ranges: ranges_of(&self.cluster.announced()),
-                myself: true,
-                leaving: self.leaving_all,
-            });
-        }
-        let now = self.cluster.now_ms();
-        self.viewed_at_ms = Some(now);
-        let view = View::new(nodes);
-        let mut current = self.cluster.view.write();
-        for node in current
-            .nodes
-            .iter()
-            .filter(|n| !n.myself && !view.is_live(&n.id))
-        {
-            // A heartbeat that vanished with most of its lease left was
-            // deleted: Redis lost data (a flush), and the node is probably
-            // alive, about to take its slots back. Its slots wait half a
-            // lease before anyone claims them, so they are not taken (and
-            // loaded empty) from under their owner.
-            let left_ms = self.last_pttl_ms.get(&node.id).copied().unwrap_or(0);
-            let abrupt = left_ms > 2 * self.view_interval_ms() as i64 + 100;
-            let wait = if abrupt { self.cluster.lease_ms / 2 } else { 0 };
-            tracing::warn!(node = %node.id, address = %node.address(), slots = node.slot_count(), abrupt, "a node left or died: its slots are taken over once its leases lapse");
-            for &(lo, hi) in &node.ranges {
-                for s in lo..=hi {
-                    self.orphaned[usize::from(s)] = 1 + now + wait;
-                }
-            }
-        }
-        *current = view;
-        self.last_pttl_ms = pttls;
     }
 
     /// Hands over what is another live node's share; claims this node's
@@ -388,7 +212,7 @@ impl Keeper {
         let commands = slots
             .iter()
             .map(|&slot| {
-                let value = self.cluster.lease_value(self.cluster.epoch(slot));
+                let value = self.cluster.fence_value(self.cluster.epoch(slot));
                 (slot, self.shas.release(slot, &value))
             })
             .collect();
@@ -409,16 +233,17 @@ impl Keeper {
             .slots_handed_over
             .fetch_add(slots.len() as u64, Ordering::Relaxed);
         // Announce at once that they are gone, so their new owner claims them.
-        self.announce();
+        self.renew();
     }
 
-    /// Tries to take `slots`' leases; taken ones start loading.
+    /// Tries to take `slots`' fences; taken ones start loading.
     fn claim(&mut self, slots: &[u16]) {
         let node = &self.cluster.node;
-        let ttl = self.cluster.lease_ms;
+        let incarnation = self.cluster.incarnation();
+        let live = self.cluster.view.read().live_incarnations();
         let commands = slots
             .iter()
-            .map(|&s| (s, self.shas.acquire(s, &node.id, node.pid, &node.host, ttl)))
+            .map(|&s| (s, self.shas.claim(s, node, &incarnation, &live)))
             .collect();
         let replies = self.redis.run(commands);
         let mut taken = 0;
@@ -483,7 +308,7 @@ impl Keeper {
                     }
                 }
                 // Announce them at once.
-                self.announce();
+                self.renew();
             }
             Err(e) => {
                 tracing::warn!(redis = %self.redis.url, "loading slots failed ({e}); retrying");
@@ -498,7 +323,7 @@ impl Keeper {
     /// On stop: leave the cluster without losing a change (module doc).
     fn hand_over_all(&mut self) {
         self.leaving_all = true;
-        self.announce();
+        self.renew();
         let serving: Vec<u16> = (0..SLOTS)
             .filter(|&s| self.cluster.state(s) == SlotState::Serving)
             .collect();
@@ -530,7 +355,7 @@ impl Keeper {
     fn wait_for_new_owners(&mut self, held: &[u16]) {
         tracing::info!(
             slots = held.len(),
-            "released every slot lease; waiting for peers to take them"
+            "released every slot; waiting for peers to take them"
         );
         let deadline = Instant::now() + HAND_OVER_WAIT;
         while Instant::now() < deadline {

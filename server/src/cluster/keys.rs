@@ -1,10 +1,10 @@
 //! Where cluster mode keeps things in Redis.
 //!
 //! Every key of a hash slot carries that slot's hash tag, a short string
-//! whose own Redis slot is the slot: `creditd:{<tag>}:lease`, `...:epoch`,
+//! whose own Redis slot is the slot: `creditd:{<tag>}:fence`, `...:epoch`,
 //! `...:ids` and `...:acct:<account id>`. So an account's state, its slot's
-//! lease and epoch, and the slot's index of accounts all live on one Redis
-//! Cluster node, in one Redis slot, where one script can check the lease and
+//! fence and epoch, and the slot's index of accounts all live on one Redis
+//! Cluster node, in one Redis slot, where one script can check the fence and
 //! write the account atomically. The account's own `{tags}` do not matter:
 //! the key's first `{...}` is ours.
 //!
@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 /// The set of every node id that ever joined.
 pub const MEMBERS_KEY: &str = "creditd:nodes";
 
-/// A node's heartbeat key: `<announce> <slot ranges>`, expiring after the lease.
+/// A node's lease (its heartbeat): `<incarnation> <host> <port> <slot
+/// ranges> [leaving]`, expiring after `cluster_lease_ms`.
 pub fn node_key(node_id: &str) -> String {
     format!("creditd:node:{node_id}")
 }
@@ -51,9 +52,9 @@ fn slot_key(slot: u16, what: &str) -> String {
     format!("creditd:{{{}}}:{what}", tag(slot))
 }
 
-/// The slot's lease: `<node id> <epoch> <pid> <host>`.
-pub fn lease_key(slot: u16) -> String {
-    slot_key(slot, "lease")
+/// The slot's fence: `<node id> <epoch> <incarnation> <pid> <host>` of its owner.
+pub fn fence_key(slot: u16) -> String {
+    slot_key(slot, "fence")
 }
 
 /// The slot's epoch counter: every acquisition takes the next epoch.
@@ -80,7 +81,7 @@ mod tests {
     #[test]
     fn every_key_of_a_slot_hashes_to_the_slot() {
         for slot in [0, 1, 866, 5461, 12182, SLOTS - 1] {
-            assert_eq!(slot_of(lease_key(slot).as_bytes()), slot);
+            assert_eq!(slot_of(fence_key(slot).as_bytes()), slot);
             assert_eq!(slot_of(epoch_key(slot).as_bytes()), slot);
             assert_eq!(slot_of(index_key(slot).as_bytes()), slot);
             assert_eq!(slot_of(&account_key(slot, b"x{y}z")), slot);

@@ -4,10 +4,10 @@
 //!
 //! - [`keys`]: where everything lives in Redis (a slot's keys share its tag).
 //! - [`redis`]: one pipeline per Redis master for whatever a pass sends.
-//! - [`leases`]: the slot lease scripts (acquire, renew, release) and the
-//!   fenced write script.
-//! - [`keeper`]: the thread that heartbeats this node, reads who is live,
-//!   renews, claims, loads and hands over slots.
+//! - [`leases`]: the node's lease, the slots' fences and the fenced write.
+//! - [`keeper`] (and [`membership`]): the thread that renews this node's
+//!   lease, reads who is live, checks the fences, claims, loads and hands
+//!   over slots.
 //! - [`writer`]: the thread that writes changed accounts to Redis and only
 //!   then lets their replies go (the durability point in cluster mode).
 //! - [`reply`]: `CLUSTER ...` and `INFO cluster` as Redis Cluster answers them.
@@ -21,6 +21,7 @@ pub mod keeper;
 pub mod keys;
 pub mod leases;
 mod load;
+mod membership;
 pub mod redis;
 pub mod reply;
 pub mod start;
@@ -101,8 +102,14 @@ pub struct Cluster {
     pub lease_ms: u64,
     /// Per slot: state in the low 2 bits, generation above.
     slots: Vec<AtomicU64>,
-    /// The epoch of this node's lease on each slot (0: none).
+    /// The epoch of this node's fence on each slot (0: none).
     epochs: Vec<AtomicU64>,
+    /// This run of the node in Redis: new at start and at every rejoin
+    /// after its lease lapsed (a pause), so fences of a run that stopped
+    /// serving can be told from the live one's.
+    incarnation: AtomicU64,
+    /// The writer found a fence missing: the keeper checks them all now.
+    pub(crate) check_fences: std::sync::atomic::AtomicBool,
     origin: Instant,
     /// Leases count as valid here until this many ms after `origin`.
     valid_until_ms: AtomicU64,
@@ -128,6 +135,8 @@ impl Cluster {
             lease_ms,
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            incarnation: AtomicU64::new(new_incarnation()),
+            check_fences: std::sync::atomic::AtomicBool::new(false),
             origin: Instant::now(),
             valid_until_ms: AtomicU64::new(0),
             watermark: AtomicU64::new(0),
@@ -171,11 +180,24 @@ impl Cluster {
         self.epochs[usize::from(slot)].store(epoch, Ordering::Release);
     }
 
-    /// This node's lease value on a slot at `epoch` (what the fence compares).
-    pub fn lease_value(&self, epoch: u64) -> String {
+    /// This run's incarnation, as written in its lease and fences.
+    pub fn incarnation(&self) -> String {
+        format!("{:016x}", self.incarnation.load(Ordering::Acquire))
+    }
+
+    /// A new run (after the lease lapsed): fences of the old one are free.
+    pub(crate) fn new_incarnation(&self) {
+        self.incarnation.store(new_incarnation(), Ordering::Release);
+    }
+
+    /// This node's fence value on a slot at `epoch` (what a write compares).
+    pub fn fence_value(&self, epoch: u64) -> String {
         format!(
-            "{} {epoch} {} {}",
-            self.node.id, self.node.pid, self.node.host
+            "{} {epoch} {} {} {}",
+            self.node.id,
+            self.incarnation(),
+            self.node.pid,
+            self.node.host
         )
     }
 
@@ -218,13 +240,17 @@ impl Cluster {
                 slot,
                 generation: bits >> 2,
             },
-            SlotState::Serving => Route::TryAgain("this node's slot leases are not renewed in time (Redis unreachable, or the process was paused)"),
+            SlotState::Serving => Route::TryAgain("this node's lease is not renewed in time (Redis unreachable, or the process was paused)"),
             SlotState::Loading => Route::TryAgain("the slot is loading from Redis"),
             SlotState::Leaving => Route::TryAgain("the slot is being handed over to another node"),
-            SlotState::NotOwned => match self.view.read().owner_address(slot) {
-                Some(to) => {
+            SlotState::NotOwned => match self.view.read().route_to(slot) {
+                Some(node) if node.myself => Route::TryAgain("the slot is being taken over by this node"),
+                Some(node) => {
                     self.stats.moved_replies.fetch_add(1, Ordering::Relaxed);
-                    Route::Moved { slot, to }
+                    Route::Moved {
+                        slot,
+                        to: node.address(),
+                    }
                 }
                 None => Route::Down,
             },
@@ -241,7 +267,7 @@ impl Cluster {
             return Some("this node owns no slots yet".into());
         }
         if !self.leases_valid() {
-            return Some("the slot leases are not renewed in time".into());
+            return Some("this node's lease is not renewed in time".into());
         }
         self.problem.lock().clone()
     }
@@ -271,6 +297,18 @@ impl Cluster {
             t.unpark();
         }
     }
+}
+
+/// 64 random bits (the OS's keys for `RandomState`, mixed with the time).
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish().max(1)
 }
 
 /// The running cluster threads.

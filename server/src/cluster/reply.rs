@@ -21,11 +21,14 @@ impl Cluster {
             .collect()
     }
 
-    /// Every live node, this one with what it announces now.
+    /// Every live node, this one as it stands now, with the slots clients
+    /// are sent to it for: those it holds or announces, and those whose
+    /// share it is while nobody announces them (as Redis Cluster keeps a
+    /// moving slot listed), so the map always covers every slot a live
+    /// node can take.
     fn nodes(&self) -> Vec<NodeEntry> {
-        let mut nodes: Vec<NodeEntry> = self
-            .view
-            .read()
+        let view = self.view.read();
+        let mut nodes: Vec<NodeEntry> = view
             .nodes
             .iter()
             .filter(|n| !n.myself && n.id != self.node.id)
@@ -33,27 +36,42 @@ impl Cluster {
             .collect();
         nodes.push(NodeEntry {
             id: self.node.id.clone(),
+            incarnation: self.incarnation(),
             host: self.announce.0.clone(),
             port: self.announce.1,
-            ranges: ranges_of(&self.announced()),
+            ranges: Vec::new(),
             myself: true,
             leaving: false,
         });
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut slots: Vec<Vec<u16>> = vec![Vec::new(); nodes.len()];
+        for slot in 0..SLOTS {
+            let to = if self.state(slot) != SlotState::NotOwned {
+                Some(self.node.id.as_str())
+            } else {
+                view.route_to(slot)
+                    .filter(|n| !n.myself)
+                    .map(|n| n.id.as_str())
+            };
+            if let Some(i) = to.and_then(|id| nodes.iter().position(|n| n.id == id)) {
+                slots[i].push(slot);
+            }
+        }
+        for (node, slots) in nodes.iter_mut().zip(slots) {
+            node.ranges = ranges_of(&slots);
+        }
         nodes
     }
 
-    /// Slots announced by some live node (each counted once).
-    fn slots_assigned(nodes: &[NodeEntry]) -> usize {
-        let mut seen = vec![false; usize::from(SLOTS)];
-        for n in nodes {
-            for &(lo, hi) in &n.ranges {
-                for s in lo..=hi {
-                    seen[usize::from(s)] = true;
-                }
-            }
-        }
-        seen.iter().filter(|&&b| b).count()
+    /// Slots announced by a live node, or held here, each counted once.
+    fn slots_announced(&self) -> usize {
+        let view = self.view.read();
+        (0..SLOTS)
+            .filter(|&s| {
+                matches!(self.state(s), SlotState::Serving | SlotState::Leaving)
+                    || view.owner(s).is_some_and(|n| !n.myself)
+            })
+            .count()
     }
 
     fn max_epoch(&self) -> u64 {
@@ -144,7 +162,7 @@ impl Cluster {
     /// (owned and loaded) by a live node.
     pub fn info_text(&self) -> String {
         let nodes = self.nodes();
-        let assigned = Self::slots_assigned(&nodes);
+        let assigned = self.slots_announced();
         let state = if assigned == usize::from(SLOTS) {
             "ok"
         } else {

@@ -1,12 +1,12 @@
 //! Who is live in the cluster and which slots each announces: what MOVED,
 //! `CLUSTER SLOTS` and the share of slots each node should own come from.
 //!
-//! Every node keeps a heartbeat key in Redis, `creditd:node:<id>` =
-//! `<host> <port> <slot ranges>`, expiring after one lease length; a node
-//! whose key is gone is dead (its slot leases lapse at the same time). The
-//! announced ranges are what the node owns as it last said; the leases in
-//! Redis stay the authority, so a stale view costs a redirect, never a
-//! second owner.
+//! Every node keeps its lease in Redis, `creditd:node:<id>` =
+//! `<incarnation> <host> <port> <slot ranges> [leaving]`, expiring after one
+//! lease length; a node whose lease is gone is dead (it stopped serving
+//! before its lease lapsed). The announced ranges are what the node owns as
+//! it last said; the slots' fences in Redis stay the authority, so a stale
+//! view costs a redirect or a failed claim, never a second writer.
 
 use creditd_engine::slot::SLOTS;
 
@@ -37,6 +37,8 @@ fn weight(node_id: &str, block: usize) -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeEntry {
     pub id: String,
+    /// This process's run of the node (new at every start and rejoin).
+    pub incarnation: String,
     pub host: String,
     pub port: u16,
     /// Owned slots as inclusive ranges, ascending.
@@ -47,22 +49,30 @@ pub struct NodeEntry {
 }
 
 impl NodeEntry {
-    /// The heartbeat value: `<host> <port> <ranges>`, then `leaving` while
-    /// the node hands everything over.
-    pub fn heartbeat(host: &str, port: u16, ranges: &[(u16, u16)], leaving: bool) -> String {
+    /// The lease value: `<incarnation> <host> <port> <ranges>`, then
+    /// `leaving` while the node hands everything over.
+    pub fn heartbeat(
+        incarnation: &str,
+        host: &str,
+        port: u16,
+        ranges: &[(u16, u16)],
+        leaving: bool,
+    ) -> String {
         let flag = if leaving { " leaving" } else { "" };
-        format!("{host} {port} {}{flag}", ranges_text(ranges))
+        format!("{incarnation} {host} {port} {}{flag}", ranges_text(ranges))
     }
 
     /// Reads a heartbeat value (None: not one).
     pub fn parse(id: &str, value: &str) -> Option<NodeEntry> {
         let mut parts = value.split(' ');
+        let incarnation = parts.next()?.to_string();
         let host = parts.next()?.to_string();
         let port = parts.next()?.parse().ok()?;
         let ranges = parse_ranges(parts.next().unwrap_or(""))?;
         let leaving = parts.next() == Some("leaving");
         Some(NodeEntry {
             id: id.to_string(),
+            incarnation,
             host,
             port,
             ranges,
@@ -148,6 +158,14 @@ impl View {
         self.owner(slot).map(NodeEntry::address)
     }
 
+    /// Where a client is sent for `slot`: the node announcing it, else the
+    /// node whose share it is (it is taking the slot over and answers
+    /// `-TRYAGAIN` until it serves it), as Redis Cluster keeps a moving slot
+    /// listed.
+    pub fn route_to(&self, slot: u16) -> Option<&NodeEntry> {
+        self.owner(slot).or_else(|| self.share_of(slot))
+    }
+
     /// The live node (not leaving) that should own `slot`.
     pub fn share_of(&self, slot: u16) -> Option<&NodeEntry> {
         match self.share[usize::from(slot) / BLOCK_SLOTS] {
@@ -163,6 +181,12 @@ impl View {
 
     pub fn is_live(&self, id: &str) -> bool {
         self.nodes.iter().any(|n| n.id == id)
+    }
+
+    /// The incarnations of the live nodes: a slot fenced by one of them
+    /// may not be claimed.
+    pub fn live_incarnations(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.incarnation.clone()).collect()
     }
 }
 
@@ -217,13 +241,14 @@ mod tests {
     fn heartbeats_round_trip_and_shares_are_even() {
         let ranges = ranges_of(&[0, 1, 2, 7, 9, 10]);
         assert_eq!(ranges, vec![(0, 2), (7, 7), (9, 10)]);
-        let value = NodeEntry::heartbeat("127.0.0.1", 7001, &ranges, false);
-        assert_eq!(value, "127.0.0.1 7001 0-2,7,9-10");
+        let value = NodeEntry::heartbeat("9f", "127.0.0.1", 7001, &ranges, false);
+        assert_eq!(value, "9f 127.0.0.1 7001 0-2,7,9-10");
         let node = NodeEntry::parse("b", &value).unwrap();
         assert_eq!((node.ranges.clone(), node.slot_count()), (ranges, 6));
-        assert!(NodeEntry::parse("x", "h 1 5-3").is_none());
-        let empty = NodeEntry::parse("c", "h 2 -").unwrap();
-        let leaving = NodeEntry::parse("d", &NodeEntry::heartbeat("h", 3, &[], true)).unwrap();
+        assert_eq!(node.incarnation, "9f");
+        assert!(NodeEntry::parse("x", "1 h 1 5-3").is_none());
+        let empty = NodeEntry::parse("c", "2 h 2 -").unwrap();
+        let leaving = NodeEntry::parse("d", &NodeEntry::heartbeat("3", "h", 3, &[], true)).unwrap();
         assert!(leaving.leaving && !empty.leaving);
         let view = View::new(vec![node, empty, leaving]);
         assert_eq!(view.owner_address(9).as_deref(), Some("127.0.0.1:7001"));
@@ -232,7 +257,7 @@ mod tests {
     }
 
     fn entry(id: &str) -> NodeEntry {
-        NodeEntry::parse(id, "h 1 -").unwrap()
+        NodeEntry::parse(id, "1 h 1 -").unwrap()
     }
 
     fn shares(view: &View) -> Vec<String> {

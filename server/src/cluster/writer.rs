@@ -220,7 +220,9 @@ impl Writer {
                 }
                 code => {
                     if code == Some("NOLEASE") {
-                        // Lapsed in Redis: the keeper takes it back if nobody did.
+                        // The fence is gone (Redis lost it): the keeper sets
+                        // it again, unless another node holds the slot now.
+                        self.cluster.check_fences.store(true, Ordering::Release);
                         self.cluster.wake_keeper();
                     }
                     for item in &list {
@@ -244,12 +246,12 @@ impl Writer {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.shas.write)
             .arg(2 + list.len())
-            .arg(keys::lease_key(slot))
+            .arg(keys::fence_key(slot))
             .arg(keys::index_key(slot));
         for item in list {
             cmd.arg(keys::account_key(slot, &item.id));
         }
-        cmd.arg(self.cluster.lease_value(epoch)).arg(epoch);
+        cmd.arg(self.cluster.fence_value(epoch)).arg(epoch);
         let before = cmd.args_iter().count();
         for item in list {
             let b = &item.balance;
