@@ -776,3 +776,37 @@ fn a_paused_node_is_fenced() {
     );
     assert_eq!(n, Ok(expected[&stale] + 1000));
 }
+
+/// redis-py's RedisCluster routes by itself (clients/python/cluster.py).
+/// Needs redis-py in target/clients-venv, which scripts/test installs.
+#[test]
+fn redis_py_cluster_client_routes_by_itself() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let python = root.join("target/clients-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test (it makes the venv and installs redis-py \
+         from clients/python/requirements.txt)",
+        python.display()
+    );
+    let redis = RedisServer::start();
+    let dir = TempDir::new("cluster-py");
+    let nodes = start_nodes(&dir, &redis.url(), 1500, 3);
+    wait_settled(&refs(&nodes), SETTLE);
+    let ports: Vec<String> = nodes.iter().map(|n| n.port.to_string()).collect();
+    let mut cmd = std::process::Command::new(python);
+    cmd.current_dir(&root)
+        .arg("clients/python/cluster.py")
+        .arg("--ports")
+        .arg(ports.join(","));
+    let (status, output) = common::run_bounded(cmd, Duration::from_secs(60));
+    println!("clients/python/cluster.py:\n{output}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clients/python/cluster.py failed ({status:?}):\n{output}\n{}",
+        all_logs(&refs(&nodes))
+    );
+}
