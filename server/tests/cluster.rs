@@ -100,10 +100,7 @@ fn retry_balance(
             *conn = client.get_connection().ok();
         }
         if let Some(c) = conn.as_mut() {
-            match redis::cmd("BALANCE")
-                .arg(account)
-                .query::<redis::Value>(c)
-            {
+            match redis::cmd("BALANCE").arg(account).query::<redis::Value>(c) {
                 Ok(v) => return balance_of(&v),
                 Err(e) if retryable(&e) => *conn = None,
                 Err(e) => panic!("BALANCE {account}: {}", error_text(&e)),
@@ -221,9 +218,9 @@ fn load_thread(
     let mut ledger = Ledger::default();
     let limit = Duration::from_secs(40);
     let ack = |ledger: &mut Ledger,
-                   conn: &mut Option<ClusterConnection>,
-                   account: &str,
-                   command: Vec<String>|
+               conn: &mut Option<ClusterConnection>,
+               account: &str,
+               command: Vec<String>|
      -> Option<i64> {
         let started = Instant::now();
         match retry_int(&client, conn, &command, limit, &mut ledger.retries) {
@@ -262,7 +259,11 @@ fn load_thread(
         for (i, a) in accounts.iter().enumerate() {
             let amount = 1 + (round as i64 * 7 + i as i64) % 13;
             // Every third cycle commits less than it held (the rest is released).
-            let total = if round % 3 == 0 { amount - 1 } else { amount };
+            let total = if round.is_multiple_of(3) {
+                amount - 1
+            } else {
+                amount
+            };
             let hold = format!("h-{a}-{round}");
             let reserve = args(&["RESERVE", a, &hold, &amount.to_string()]);
             match ack(&mut ledger, &mut conn, a, reserve) {
@@ -366,7 +367,14 @@ fn a_redis_cluster_made_here_comes_up() {
     let masters: HashSet<&String> = owners.iter().collect();
     assert_eq!(masters.len(), 3, "{ranges:?}");
     // The tests' slot function is Redis Cluster's.
-    for key in ["a", "acct-1", "{user1000}.following", "foo{}{bar}", "x{y}", "{}"] {
+    for key in [
+        "a",
+        "acct-1",
+        "{user1000}.following",
+        "foo{}{bar}",
+        "x{y}",
+        "{}",
+    ] {
         assert_eq!(key_slot(key), cluster.keyslot(key), "{key}");
     }
     for i in 0..200 {
@@ -414,7 +422,12 @@ fn three_nodes_share_the_slots_and_route_stock_clients() {
         assert_eq!(node.info_cluster("cluster_node_id"), myid);
         assert_eq!(node.info_cluster("cluster_slots_owned"), owned.to_string());
         assert_eq!(node.info_cluster("cluster_slots_loading"), "0");
-        assert_eq!(node.http_get("/readyz").0, 200, "{}", node.http_get("/readyz").1);
+        assert_eq!(
+            node.http_get("/readyz").0,
+            200,
+            "{}",
+            node.http_get("/readyz").1
+        );
         // CLUSTER NODES: three masters, this one marked myself.
         let text: String = redis::cmd("CLUSTER")
             .arg("NODES")
@@ -439,11 +452,7 @@ fn three_nodes_share_the_slots_and_route_stock_clients() {
         // Cluster clients' handshake commands.
         let mut c = node.conn();
         for command in ["READONLY", "READWRITE", "ASKING"] {
-            assert_eq!(
-                run(&mut c, &[command]),
-                Ok(redis::Value::Okay),
-                "{command}"
-            );
+            assert_eq!(run(&mut c, &[command]), Ok(redis::Value::Okay), "{command}");
         }
     }
 
@@ -485,12 +494,18 @@ fn three_nodes_share_the_slots_and_route_stock_clients() {
     let accounts: Vec<String> = (0..300).map(|i| format!("acct-{i}")).collect();
     for (i, a) in accounts.iter().enumerate() {
         let granted = 1000 + i as i64;
-        assert_eq!(q(&mut c, &["GRANT", a, "g-1", &granted.to_string()]), granted);
+        assert_eq!(
+            q(&mut c, &["GRANT", a, "g-1", &granted.to_string()]),
+            granted
+        );
         assert_eq!(q(&mut c, &["RESERVE", a, "h-1", "100"]), 100);
         assert_eq!(q(&mut c, &["COMMIT", a, "h-1", "60"]), 60);
         assert_eq!(q(&mut c, &["RESERVE", a, "h-2", "10"]), 10);
         // Retries of the same ids apply nothing.
-        assert_eq!(q(&mut c, &["GRANT", a, "g-1", &granted.to_string()]), granted);
+        assert_eq!(
+            q(&mut c, &["GRANT", a, "g-1", &granted.to_string()]),
+            granted
+        );
         assert_eq!(q(&mut c, &["COMMIT", a, "h-1", "60"]), 60);
     }
     for (i, a) in accounts.iter().enumerate() {
@@ -506,7 +521,11 @@ fn three_nodes_share_the_slots_and_route_stock_clients() {
         assert_eq!(balance_of(&b)[4], 1000 + i as i64, "{a}");
         *served.entry(owner.addr()).or_insert(0) += 1;
     }
-    assert_eq!(served.len(), 3, "every node served some of the accounts: {served:?}");
+    assert_eq!(
+        served.len(),
+        3,
+        "every node served some of the accounts: {served:?}"
+    );
 }
 
 #[test]
@@ -518,10 +537,7 @@ fn two_nodes_on_one_plain_redis_split_the_slots() {
     let map = wait_settled(&live, SETTLE);
     let counts = map.counts();
     assert_eq!(counts.len(), 2, "{counts:?}");
-    assert!(
-        counts.values().all(|&n| n == SLOTS / 2),
-        "{counts:?}"
-    );
+    assert!(counts.values().all(|&n| n == SLOTS / 2), "{counts:?}");
     for i in 0..20 {
         let account = format!("plain-{i}");
         let owner = map.owner_of(&account).to_string();
@@ -537,9 +553,19 @@ fn two_nodes_on_one_plain_redis_split_the_slots() {
     let mut c = client.get_connection().expect("cluster connection");
     for i in 0..100 {
         let a = format!("plain-{i}");
-        let n: i64 = redis::cmd("GRANT").arg(&a).arg("g").arg(7).query(&mut c).unwrap();
+        let n: i64 = redis::cmd("GRANT")
+            .arg(&a)
+            .arg("g")
+            .arg(7)
+            .query(&mut c)
+            .unwrap();
         assert_eq!(n, 7, "{a}");
-        let n: i64 = redis::cmd("DEBIT").arg(&a).arg("d").arg(2).query(&mut c).unwrap();
+        let n: i64 = redis::cmd("DEBIT")
+            .arg(&a)
+            .arg("d")
+            .arg(2)
+            .query(&mut c)
+            .unwrap();
         assert_eq!(n, 2, "{a}");
         let b: redis::Value = redis::cmd("BALANCE").arg(&a).query(&mut c).unwrap();
         assert_eq!(balance_of(&b), [5, 0, 2, 0, 7], "{a}");
@@ -619,7 +645,10 @@ fn rejoin_and_sigterm_hand_over() {
     assert!(load.wait_progress(300, Duration::from_secs(30)));
     let id = nodes[2].myid();
     nodes[2].kill9();
-    wait_settled(&[&nodes[0], &nodes[1]], Duration::from_millis(LEASE_MS) + SETTLE);
+    wait_settled(
+        &[&nodes[0], &nodes[1]],
+        Duration::from_millis(LEASE_MS) + SETTLE,
+    );
     assert!(load.wait_progress(300, Duration::from_secs(30)));
     nodes[2].restart();
     let map = wait_settled(&refs(&nodes), SETTLE);
@@ -714,7 +743,11 @@ fn a_paused_node_is_fenced() {
     // The write that waited in its socket is refused, not applied.
     let mut reader = std::io::BufReader::new(raw.try_clone().unwrap());
     let reply = common::read_one(&mut reader);
-    let code = reply.trim_start_matches('-').split(' ').next().unwrap_or("");
+    let code = reply
+        .trim_start_matches('-')
+        .split(' ')
+        .next()
+        .unwrap_or("");
     assert!(
         reply.starts_with('-') && ["MOVED", "TRYAGAIN", "CLUSTERDOWN"].contains(&code),
         "the resumed node answered a write for a slot it lost with {reply:?}\n{}",
