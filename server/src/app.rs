@@ -3,6 +3,7 @@
 
 use crate::auth::Tokens;
 use crate::cli::Options;
+use crate::cluster::Cluster;
 use crate::config::{Role, ServerConfig, ServerSettings};
 use crate::error::{ErrorCode, Failure};
 use crate::metrics::Metrics;
@@ -54,6 +55,9 @@ pub struct App {
     pub started: Instant,
     pub next_client_id: AtomicU64,
     pub redis: RwLock<Option<Arc<dyn WriteBehindStatus>>>,
+    /// Cluster mode (`--cluster`): slot ownership, routing and the writer
+    /// whose Redis watermark replies wait for.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl App {
@@ -147,6 +151,9 @@ impl App {
         }
         if !self.journal.has_capacity() {
             return Some("the journal is behind its bound".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            return cluster.not_ready_reason();
         }
         self.redis.read().as_ref().and_then(|redis| redis.refusal())
     }

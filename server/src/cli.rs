@@ -45,6 +45,23 @@ pub struct Options {
     #[arg(long, env = "CREDITD_INSECURE", value_parser = BoolishValueParser::new())]
     pub insecure: bool,
 
+    /// Join a cluster of creditd nodes that share the Redis of --redis (a
+    /// Redis Cluster, any master's URL, or one Redis): the 16384 hash slots
+    /// are split among the live nodes, and a reply to a change waits until
+    /// the change is in Redis. The variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "CREDITD_CLUSTER", value_parser = BoolishValueParser::new(), requires = "redis")]
+    pub cluster: bool,
+
+    /// This node's id in the cluster (40 hex digits). Default: made once
+    /// and kept in the data dir.
+    #[arg(long, env = "CREDITD_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// HOST:PORT that MOVED replies and CLUSTER SLOTS name for this node.
+    /// Default: the --listen address.
+    #[arg(long, env = "CREDITD_ANNOUNCE", value_parser = parse_announce)]
+    pub announce: Option<String>,
+
     /// Seconds a graceful shutdown waits for connections to finish.
     #[arg(long, env = "CREDITD_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
@@ -83,6 +100,32 @@ fn parse_address(text: &str) -> Result<SocketAddr, String> {
     resolved
         .next()
         .ok_or_else(|| format!("{text} resolves to no address"))
+}
+
+/// A node id: 40 hex digits, as Redis Cluster's.
+fn parse_node_id(text: &str) -> Result<String, String> {
+    if text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!("expected 40 hex digits, not {text:?}"))
+    }
+}
+
+/// `HOST:PORT` as clients are to reach this node (not resolved: it is
+/// handed to clients as it is).
+fn parse_announce(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+        {
+            Ok(text.to_string())
+        }
+        _ => Err(format!(
+            "expected HOST:PORT, e.g. 10.0.0.5:6479, not {text:?}"
+        )),
+    }
 }
 
 /// A Redis URL: `redis://[user:password@]host:port[/db]` (or

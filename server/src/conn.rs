@@ -12,6 +12,7 @@
 //! a time), a MULTI queue by [`crate::multi::MULTI_MAX_BYTES`].
 
 use crate::app::App;
+use crate::cluster::Cluster;
 use crate::commands::Session;
 use crate::dispatch::{execute_exec_step, execute_frame, finish_exec_unanswered, reply_error};
 use crate::error::{ErrorCode, Failure};
@@ -54,6 +55,9 @@ struct Waiting {
     start: usize,
     end: usize,
     seq: u64,
+    /// Cluster mode: the slot and its generation when the command ran; if
+    /// the slot stopped being served here since, the reply is refused.
+    routed: Option<(u16, u64)>,
 }
 
 /// How executing what was buffered ended.
@@ -186,9 +190,15 @@ impl Connection {
 
     /// The reply from `start` to the end of `out` waits for `seq` (0: it need not).
     fn note_wait(&mut self, batch: &mut Batch, start: usize, seq: u64) {
+        let routed = self.session.routed.take();
         if seq > 0 {
             let end = self.out.len();
-            self.waiting.push(Waiting { start, end, seq });
+            self.waiting.push(Waiting {
+                start,
+                end,
+                seq,
+                routed,
+            });
         }
         batch.wait_seq = batch.wait_seq.max(seq);
     }
@@ -214,8 +224,20 @@ impl Connection {
     /// replies. False: the connection is over (the client is gone, or the
     /// journal: the server is stopping).
     async fn send_replies(&mut self, batch: &Batch) -> bool {
-        if batch.wait_seq > *self.durable.borrow() && !self.wait_durable(batch.wait_seq).await {
-            return false;
+        if batch.wait_seq > *self.durable.borrow() {
+            if let Some(cluster) = &self.app.cluster {
+                cluster.wake_writer();
+            }
+            if !self.wait_durable(batch.wait_seq).await {
+                return false;
+            }
+        }
+        let durable_seq = *self.durable.borrow();
+        let unsettled = |w: &Waiting| {
+            w.seq > durable_seq || self.app.cluster.as_ref().is_some_and(|c| moved_since(c, w))
+        };
+        if self.waiting.iter().any(unsettled) {
+            self.out = refuse_unsettled(&self.app, &self.out, &self.waiting, durable_seq);
         }
         if self.stream.write_all(&self.out).await.is_err() {
             finish_exec_unanswered(&self.app, &mut self.session);
@@ -240,10 +262,8 @@ impl Connection {
         match waited_for.map(|r| r.map(|_| ())) {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return false,
-            Err(_) => {
-                let durable_seq = *self.durable.borrow();
-                self.out = busy_where_not_durable(&self.app, &self.out, &self.waiting, durable_seq);
-            }
+            // Past the bound: the replies still waiting become -BUSY.
+            Err(_) => {}
         }
         self.app
             .metrics
@@ -263,28 +283,54 @@ impl Connection {
     }
 }
 
-/// The batch's replies with each one whose change is not durable yet
-/// replaced by `-BUSY`: the change is applied in memory and will reach the
-/// journal once it can write, or be lost with the process, so it was never
-/// acknowledged; a retry with the same id answers which.
-fn busy_where_not_durable(app: &App, out: &[u8], waiting: &[Waiting], durable_seq: u64) -> Vec<u8> {
-    let why = app
-        .journal
-        .write_problem()
-        .unwrap_or_else(|| format!("the journal did not write it within {DURABLE_WAIT_MAX_MS} ms"));
+/// The slot of a waiting reply stopped being served here since its command
+/// ran (lost, or handed over): its change may not be in Redis.
+fn moved_since(cluster: &Cluster, w: &Waiting) -> bool {
+    w.routed
+        .is_some_and(|(slot, generation)| cluster.generation(slot) != generation)
+}
+
+/// The batch's replies with each one that may not go out as it is replaced:
+/// a change not durable yet becomes `-BUSY` (it is applied in memory and
+/// will reach the journal, or Redis, once it can write, or be lost with the
+/// process, so it was never acknowledged); in cluster mode, a change whose
+/// slot moved away meanwhile becomes `-TRYAGAIN` (it may not have reached
+/// Redis before the slot went). Either way a retry with the same id answers
+/// whether it applied.
+fn refuse_unsettled(app: &App, out: &[u8], waiting: &[Waiting], durable_seq: u64) -> Vec<u8> {
+    let why = match &app.cluster {
+        Some(cluster) => cluster.problem.lock().clone().map_or_else(
+            || format!("it did not reach Redis within {DURABLE_WAIT_MAX_MS} ms"),
+            |p| format!("Redis: {p}"),
+        ),
+        None => app.journal.write_problem().unwrap_or_else(|| {
+            format!("the journal did not write it within {DURABLE_WAIT_MAX_MS} ms")
+        }),
+    };
     let busy = Failure::new(
         ErrorCode::BUSY,
         format!(
             "this change is not durable yet: {why}; retry with the same id to learn its outcome"
         ),
     );
+    let moved = Failure::new(
+        ErrorCode::TryAgain,
+        "the account's slot moved to another node before this change was confirmed in Redis; retry with the same id to learn its outcome",
+    );
     let mut replaced = Vec::with_capacity(out.len());
     let mut copied = 0;
-    for w in waiting.iter().filter(|w| w.seq > durable_seq) {
+    for w in waiting {
+        let refusal = if w.seq > durable_seq {
+            app.metrics.durability_timeouts.increment(1);
+            &busy
+        } else if app.cluster.as_ref().is_some_and(|c| moved_since(c, w)) {
+            &moved
+        } else {
+            continue;
+        };
         replaced.extend_from_slice(&out[copied..w.start]);
-        reply_error(app, &mut replaced, &busy);
+        reply_error(app, &mut replaced, refusal);
         copied = w.end;
-        app.metrics.durability_timeouts.increment(1);
     }
     replaced.extend_from_slice(&out[copied..]);
     replaced

@@ -3,6 +3,7 @@
 //! permission), and the counting of results and error replies.
 
 use crate::app::App;
+use crate::cluster::Route;
 use crate::commands::{lookup, Access, Flow, Session, Spec, COMMANDS};
 use crate::error::{ErrorCode, Failure};
 use crate::multi::Multi;
@@ -141,6 +142,22 @@ fn refusal(spec: &Spec, s: &Session, args: usize) -> Option<Failure> {
     }
 }
 
+/// Cluster mode: a keyed command runs only on the node serving its
+/// account's slot; elsewhere it is redirected (`-MOVED`), deferred
+/// (`-TRYAGAIN`) or refused (`-CLUSTERDOWN`), as Redis Cluster does.
+fn route(app: &App, spec: &Spec, s: &mut Session, args: &[&[u8]]) -> Option<Failure> {
+    let cluster = app.cluster.as_ref().filter(|_| spec.keyed)?;
+    match cluster.route(args[1]) {
+        Route::Here { slot, generation } => {
+            s.routed = Some((slot, generation));
+            None
+        }
+        Route::Moved { slot, to } => Some(Failure::new(ErrorCode::Moved, format!("{slot} {to}"))),
+        Route::TryAgain(why) => Some(Failure::new(ErrorCode::TryAgain, why)),
+        Route::Down => Some(Failure::new(ErrorCode::ClusterDown, "Hash slot not served")),
+    }
+}
+
 /// Executes one command, appending its reply to `out`. Returns the journal
 /// seq its reply must wait for (0: none).
 fn execute_command(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>) -> u64 {
@@ -151,6 +168,11 @@ fn execute_command(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>
     };
     let spec = &COMMANDS[index];
     if let Some(failure) = refusal(spec, s, args.len()) {
+        app.metrics.command(index, Some(failure.code), 0.0);
+        reply_error(app, out, &failure);
+        return 0;
+    }
+    if let Some(failure) = route(app, spec, s, args) {
         app.metrics.command(index, Some(failure.code), 0.0);
         reply_error(app, out, &failure);
         return 0;

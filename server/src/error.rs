@@ -24,15 +24,24 @@ pub enum ErrorCode {
     NoProto,
     /// `EXECABORT`: EXEC of a transaction that failed while queueing.
     ExecAbort,
+    /// `MOVED <slot> <host:port>`: another cluster node owns the account's slot.
+    Moved,
+    /// `TRYAGAIN`: the slot is loading or moving between nodes; retry soon.
+    TryAgain,
+    /// `CLUSTERDOWN`: no node owns the account's slot now.
+    ClusterDown,
 }
 
 /// The server's own codes, in index order after the engine's.
-const SERVER_CODES: [ErrorCode; 5] = [
+const SERVER_CODES: [ErrorCode; 8] = [
     ErrorCode::NoAuth,
     ErrorCode::WrongPass,
     ErrorCode::NoPerm,
     ErrorCode::NoProto,
     ErrorCode::ExecAbort,
+    ErrorCode::Moved,
+    ErrorCode::TryAgain,
+    ErrorCode::ClusterDown,
 ];
 
 impl ErrorCode {
@@ -64,6 +73,9 @@ impl ErrorCode {
             ErrorCode::NoPerm => "NOPERM",
             ErrorCode::NoProto => "NOPROTO",
             ErrorCode::ExecAbort => "EXECABORT",
+            ErrorCode::Moved => "MOVED",
+            ErrorCode::TryAgain => "TRYAGAIN",
+            ErrorCode::ClusterDown => "CLUSTERDOWN",
         }
     }
 
@@ -76,6 +88,9 @@ impl ErrorCode {
             ErrorCode::NoPerm => Code::ALL.len() + 2,
             ErrorCode::NoProto => Code::ALL.len() + 3,
             ErrorCode::ExecAbort => Code::ALL.len() + 4,
+            ErrorCode::Moved => Code::ALL.len() + 5,
+            ErrorCode::TryAgain => Code::ALL.len() + 6,
+            ErrorCode::ClusterDown => Code::ALL.len() + 7,
         }
     }
 }

@@ -124,8 +124,16 @@ fn errorstats(app: &App, s: &mut String) {
     s.push_str("\r\n");
 }
 
-/// As Redis without cluster support: clients (redis-py's `RedisCluster`,
-/// the redis crate's cluster client) read it to tell a cluster node.
-fn cluster(_: &App, s: &mut String) {
-    s.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
+/// `cluster_enabled` as Redis says it (clients such as redis-py's
+/// `RedisCluster` read it to tell a cluster node), then, in cluster mode,
+/// this node, its slots and what moved.
+fn cluster(app: &App, s: &mut String) {
+    match &app.cluster {
+        None => s.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n"),
+        Some(c) => {
+            s.push_str("# Cluster\r\ncluster_enabled:1\r\n");
+            c.write_info(s);
+            s.push_str("\r\n");
+        }
+    }
 }

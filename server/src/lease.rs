@@ -66,7 +66,7 @@ if lease ~= ARGV[fence_arg] then
 end
 "#;
 
-const ACQUIRE_LUA: &str = r#"
+pub(crate) const ACQUIRE_LUA: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.match(cur, '^(%S+)') ~= ARGV[1] then
   return {0, cur, redis.call('PTTL', KEYS[1])}
@@ -96,7 +96,7 @@ end
 return {0, cur or '', redis.call('PTTL', KEYS[1])}
 "#;
 
-const RELEASE_LUA: &str = r#"
+pub(crate) const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end

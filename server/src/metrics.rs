@@ -304,6 +304,9 @@ fn publish_state(app: &App) {
     if let Some(redis) = app.redis.read().as_ref() {
         redis.export_metrics();
     }
+    if let Some(cluster) = &app.cluster {
+        cluster.export_metrics();
+    }
     gauge!("creditd_ready").set(app.not_ready_reason().is_none() as u8 as f64);
 }
 

@@ -11,6 +11,7 @@
 use crate::app::{load_config, open_to_anyone, App, Health};
 use crate::auth::Tokens;
 use crate::cli::Options;
+use crate::cluster;
 use crate::config::ServerConfig;
 use crate::datadir::DataDirLock;
 use crate::error::Failure;
@@ -89,11 +90,25 @@ async fn serve(
     let listen = listener.local_addr().unwrap_or(opts.listen);
     data_dir_lock.record_addresses(listen, opts.http)?;
     opts.listen = listen;
+    let cluster = match opts.cluster {
+        true => Some(Arc::new(cluster::start::identity(
+            &opts,
+            listen,
+            settings.cluster_lease_ms,
+        )?)),
+        false => None,
+    };
+    // In cluster mode replies wait for Redis (the cluster writer's
+    // watermark), not for the local journal.
+    let durable = match cluster {
+        Some(_) => watch::channel(0u64).0,
+        None => recovered.durable,
+    };
     let app = Arc::new(App {
         engine: recovered.engine,
         opts: opts.clone(),
         journal: recovered.recovery.journal.clone(),
-        durable: recovered.durable,
+        durable: durable.clone(),
         test_clock: recovered.test_clock,
         tokens: RwLock::new(tokens),
         settings: Arc::new(RwLock::new(settings)),
@@ -102,11 +117,16 @@ async fn serve(
         started: Instant::now(),
         next_client_id: AtomicU64::new(0),
         redis: RwLock::new(None),
+        cluster,
     });
     observe_journal(&app);
     let write_behind = match recovered.loaded {
         Some(loaded) => Some(writebehind::start(app.clone(), loaded)?),
         None => None,
+    };
+    let cluster_threads = match (&app.cluster, &opts.redis) {
+        (Some(_), Some(url)) => Some(cluster::start::start(&app, url, durable)?),
+        _ => None,
     };
     let background = vec![
         reload_on_hangup(app.clone(), hangups),
@@ -124,7 +144,7 @@ async fn serve(
         Worker::task(|stop| accept_loop(app, listener, stop))
     };
     shutdown_signal().await;
-    shut_down(&app, accept, background, write_behind).await
+    shut_down(&app, accept, background, write_behind, cluster_threads).await
 }
 
 /// What recovery built: the engine holding every account, and the journal
@@ -164,16 +184,23 @@ async fn recover(
     // are skipped by its applied_seq) and continues numbering after the
     // highest version in Redis. Without it, a data dir whose state came partly
     // from Redis is refused.
-    let mut loaded = match &opts.redis {
-        Some(url) => Some(load_from_redis(opts, url, &engine, lease_ms, probes)?),
+    // In cluster mode the journal is a local log only: slots are loaded from
+    // Redis as they are taken (see `cluster::start::journal_dir`).
+    let (mut loaded, journal_dir) = match &opts.redis {
+        _ if opts.cluster => (None, cluster::start::journal_dir(&opts.data_dir)?),
+        Some(url) => (
+            Some(load_from_redis(opts, url, &engine, lease_ms, probes)?),
+            opts.data_dir.clone(),
+        ),
         None => {
             dependency::check_without_redis(&opts.data_dir)?;
-            None
+            (None, opts.data_dir.clone())
         }
     };
 
     let (durable_tx, _) = watch::channel(0u64);
-    let recovery = replay_journal(opts, &engine, &durable_tx, loaded.as_mut()).await?;
+    let recovery =
+        replay_journal(opts, &journal_dir, &engine, &durable_tx, loaded.as_mut()).await?;
     if let (Some(l), Some(url)) = (&loaded, &opts.redis) {
         dependency::record_if_arisen(
             &opts.data_dir,
@@ -230,17 +257,18 @@ fn load_from_redis(
 /// over what Redis held, if anything.
 async fn replay_journal(
     opts: &Options,
+    dir: &std::path::Path,
     engine: &Arc<Engine>,
     durable_tx: &watch::Sender<u64>,
     loaded: Option<&mut Loaded>,
 ) -> Result<Recovery, String> {
     let fsync = opts.fsync;
-    tracing::info!(data_dir = %opts.data_dir.display(), fsync = fsync.as_str(), "recovering");
+    tracing::info!(journal_dir = %dir.display(), fsync = fsync.as_str(), "recovering");
     // Lent to the blocking thread and given back: the write-behind needs it.
     let mut loaded = loaded;
     let base = loaded.as_deref_mut().map(|l| std::mem::take(&mut l.base));
     let engine = engine.clone();
-    let dir = opts.data_dir.clone();
+    let dir = dir.to_path_buf();
     let tx = durable_tx.clone();
     let (recovery, base) = tokio::task::spawn_blocking(move || {
         let recovery = persist::recover(&engine, &dir, fsync, tx, base.as_ref());
@@ -301,9 +329,15 @@ async fn shut_down(
     accept: Worker,
     background: Vec<Worker>,
     write_behind: Option<WriteBehind>,
+    cluster_threads: Option<cluster::Running>,
 ) -> Result<(), String> {
     tracing::info!("shutting down");
     app.health.shutting_down.store(true, Ordering::Release);
+    // Cluster mode: hand every slot over first, while connections are still
+    // open to be told where their accounts went.
+    if let Some(threads) = cluster_threads {
+        threads.shutdown().await;
+    }
     // The accept loop's stop is every connection's: idle ones close now,
     // busy ones once their replies are out.
     accept.shutdown().await;

@@ -170,9 +170,3 @@ pub fn client(_: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resul
     }
     Ok(Flow::Done)
 }
-
-/// CLUSTER: this mode has no cluster support, and says so in Redis's words,
-/// so a client probing for a cluster falls back to a plain connection.
-pub fn cluster(_: &App, _: &mut Session, _: &[&[u8]], _: &mut Vec<u8>) -> Result<Flow, Failure> {
-    Err(Failure::err("This instance has cluster support disabled"))
-}

@@ -3,6 +3,7 @@
 //! calls, and its reply encoded straight into the connection's output buffer.
 
 mod admin;
+mod cluster;
 mod connection;
 mod credits;
 mod describe;
@@ -33,6 +34,9 @@ pub struct Session {
     pub multi: Option<Multi>,
     /// The commands of an EXEC not yet run (None: no EXEC running).
     pub exec: Option<Exec>,
+    /// Cluster mode: the slot and generation of the keyed command just run,
+    /// for its reply to check once its change is in Redis.
+    pub routed: Option<(u16, u64)>,
 }
 
 impl Session {
@@ -49,6 +53,7 @@ impl Session {
             closing: false,
             multi: None,
             exec: None,
+            routed: None,
         }
     }
 }
@@ -149,7 +154,10 @@ pub static COMMANDS: &[Spec] = &[
     spec!("select", 2, Session, connection::select, false, false, "Accepts database 0 only"),
     spec!("client", -2, Session, connection::client, false, false, "Names the connection and reads its id"),
     spec!("command", -1, Session, describe::command, false, false, "Describes the commands"),
-    spec!("cluster", -2, Session, connection::cluster, false, false, "Cluster state (cluster support is off in this mode)"),
+    spec!("cluster", -2, Session, cluster::cluster, false, false, "Cluster state: slots, nodes, this node's id"),
+    spec!("asking", 1, Session, cluster::asking, false, false, "Accepted (a slot moving between nodes answers TRYAGAIN)"),
+    spec!("readonly", 1, Session, cluster::read_mode, false, false, "Accepted (every node is a master)"),
+    spec!("readwrite", 1, Session, cluster::read_mode, false, false, "Accepted (every node is a master)"),
     spec!("info", -1, Probe, admin::info, false, false, "Server information and statistics"),
     spec!("config", -2, Admin, admin::config, false, false, "Reads or reloads the configuration"),
     spec!("clock", -2, Admin, admin::clock, false, false, "Reads or moves the test clock"),

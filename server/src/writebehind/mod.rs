@@ -271,7 +271,7 @@ pub fn start(app: Arc<App>, loaded: Loaded) -> Result<WriteBehind, String> {
 /// A snapshot was written (`first_seq`): with `--redis`, it holds the whole
 /// state, so the data dir no longer depends on Redis.
 pub fn snapshot_taken(app: &App, first_seq: u64) {
-    if app.opts.redis.is_some() {
+    if app.opts.redis.is_some() && !app.opts.cluster {
         dependency::snapshot_taken(&app.opts.data_dir, first_seq);
     }
 }
