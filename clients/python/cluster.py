@@ -17,7 +17,27 @@ import argparse
 import secrets
 import sys
 
+import redis
 from redis.cluster import ClusterNode, RedisCluster
+
+
+def as_dict(fields):
+    """BALANCE's fields: a map in RESP3, a flat list in RESP2."""
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2]))
+
+
+def explain(rc, ports, acct, error):
+    """What each node says about an account the client failed to route."""
+    print(f"GRANT {acct} failed: {error!r}; slot {rc.keyslot(acct)}, "
+          f"the client's owner {rc.get_node_from_key(acct).name}")
+    for port in ports:
+        try:
+            plain = redis.Redis(port=port, socket_timeout=5)
+            print(f"  BALANCE on {port}: {plain.execute_command('BALANCE', acct)!r}")
+        except Exception as e:
+            print(f"  BALANCE on {port}: {e!r}")
 
 
 def main():
@@ -42,7 +62,12 @@ def main():
     accounts = [f"py-{run}-{i}" for i in range(args.accounts)]
     for i, acct in enumerate(accounts):
         granted = 500 + i
-        expect(f"GRANT {acct}", rc.execute_command("GRANT", acct, "g-1", granted), granted)
+        try:
+            reply = rc.execute_command("GRANT", acct, "g-1", granted)
+        except Exception as e:
+            explain(rc, ports, acct, e)
+            raise
+        expect(f"GRANT {acct}", reply, granted)
         expect(f"RESERVE {acct}", rc.execute_command("RESERVE", acct, "h-1", 200), 200)
         expect(f"COMMIT {acct}", rc.execute_command("COMMIT", acct, "h-1", 150), 150)
         # The same id again applies nothing.
@@ -54,8 +79,7 @@ def main():
     for i, acct in enumerate(accounts):
         node = rc.get_node_from_key(acct)
         served[node.name] = served.get(node.name, 0) + 1
-        fields = node.redis_connection.execute_command("BALANCE", acct)
-        balance = dict(zip(fields[::2], fields[1::2]))
+        balance = as_dict(node.redis_connection.execute_command("BALANCE", acct))
         granted = 500 + i
         want = {
             "available": granted - 150,
@@ -74,8 +98,7 @@ def main():
         pipe.execute_command("DEBIT", acct, "d-1", 1)
     expect("pipelined DEBIT replies", pipe.execute(), [1] * len(accounts))
     for i, acct in enumerate(accounts):
-        fields = rc.execute_command("BALANCE", acct)
-        balance = dict(zip(fields[::2], fields[1::2]))
+        balance = as_dict(rc.execute_command("BALANCE", acct))
         expect(f"BALANCE {acct} after DEBIT", balance["available"], 500 + i - 151)
 
     for f in failures[:50]:

@@ -580,8 +580,8 @@ impl SlotMap {
 
 /// Waits (at most `timeout`) until every node in `live` answers CLUSTER
 /// SLOTS with all 16384 slots, each owned by exactly one node of `live`,
-/// every live node owning some, all of them agreeing, and CLUSTER INFO
-/// `cluster_state:ok` on each. Panics with the last views and the logs if
+/// split evenly among them, all of them agreeing, CLUSTER INFO
+/// `cluster_state:ok` and `/readyz` 200 on each. Panics with the last views and the logs if
 /// that does not happen.
 pub fn wait_settled(live: &[&Node], timeout: Duration) -> SlotMap {
     let addrs: Vec<String> = live.iter().map(|n| n.addr()).collect();
@@ -605,9 +605,15 @@ pub fn wait_settled(live: &[&Node], timeout: Duration) -> SlotMap {
                 last = format!("{} names {stranger}, not a live node", node.addr());
                 return false;
             }
-            if let Some(idle) = addrs.iter().find(|a| !owners.contains(a)) {
-                last = format!("{} gives {idle} no slot", node.addr());
-                return false;
+            // Live nodes share the slots evenly: an uneven split is a
+            // rebalance still under way.
+            let (low, high) = (SLOTS / addrs.len(), SLOTS.div_ceil(addrs.len()));
+            for a in &addrs {
+                let n = owners.iter().filter(|o| *o == a).count();
+                if !(low..=high).contains(&n) {
+                    last = format!("{} gives {a} {n} slots", node.addr());
+                    return false;
+                }
             }
             match &agreed {
                 Some(first) if *first != owners => {
@@ -621,6 +627,11 @@ pub fn wait_settled(live: &[&Node], timeout: Duration) -> SlotMap {
                 .is_some_and(|i| i.contains("cluster_state:ok"))
             {
                 last = format!("{} is not cluster_state:ok", node.addr());
+                return false;
+            }
+            let (status, body) = node.http_get("/readyz");
+            if status != 200 {
+                last = format!("{} /readyz: {status} {body}", node.addr());
                 return false;
             }
         }
