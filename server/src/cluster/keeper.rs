@@ -31,7 +31,7 @@ use creditd_engine::slot::{slot_of, SLOTS};
 use creditd_engine::Engine;
 use creditd_journal::Journal;
 use redis::Value;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,9 +60,16 @@ pub struct Keeper {
     loading: VecDeque<u16>,
     load_started: Option<Instant>,
     logged_problem: bool,
-    /// Slots last announced by a node that is gone (died or left): taking
+    /// Per slot, 1 + the time (ms) from which it may be claimed, if a node
+    /// that is gone (died or left) announced it last (0: none did). Taking
     /// one counts as a failover.
-    orphaned: Vec<bool>,
+    orphaned: Vec<u64>,
+    /// Each peer's heartbeat expiry (PTTL) at the last view: a heartbeat
+    /// that vanishes long before it would expire was deleted (Redis lost
+    /// data), not outlived.
+    last_pttl_ms: HashMap<String, i64>,
+    /// Stopping: the heartbeat says so, and this node takes no share.
+    leaving_all: bool,
 }
 
 impl Keeper {
@@ -87,7 +94,9 @@ impl Keeper {
             loading: VecDeque::new(),
             load_started: None,
             logged_problem: false,
-            orphaned: vec![false; usize::from(SLOTS)],
+            orphaned: vec![0; usize::from(SLOTS)],
+            last_pttl_ms: HashMap::new(),
+            leaving_all: false,
         }
     }
 
@@ -128,7 +137,12 @@ impl Keeper {
     /// The heartbeat value: this node's address and the slots it holds.
     fn heartbeat(&self) -> String {
         let (host, port) = &self.cluster.announce;
-        NodeEntry::heartbeat(host, *port, &ranges_of(&self.cluster.announced()))
+        NodeEntry::heartbeat(
+            host,
+            *port,
+            &ranges_of(&self.cluster.announced()),
+            self.leaving_all,
+        )
     }
 
     /// Writes the heartbeat now (what this node announces changed).
@@ -162,7 +176,7 @@ impl Keeper {
         }
         let replies = self.redis.run(commands);
         let mut failure: Option<String> = None;
-        let mut lost = 0;
+        let (mut lost, mut retaken) = (0, 0);
         for r in &replies[..2] {
             if let Err(e) = r {
                 failure = Some(e.to_string());
@@ -172,11 +186,10 @@ impl Keeper {
             match reply {
                 Ok(Value::Int(1 | 3)) => {}
                 Ok(Value::Int(2)) => {
-                    tracing::warn!(slot, "Redis lost this slot's lease and epoch (a flush, or a failover to a stale replica): taken back, and every account of the slot is written again");
                     for id in self.engine.slot_accounts(slot) {
                         self.engine.mark_dirty(&id);
                     }
-                    self.cluster.wake_writer();
+                    retaken += 1;
                 }
                 Ok(_) => {
                     self.cluster.lose_slot(&self.engine, slot);
@@ -184,6 +197,10 @@ impl Keeper {
                 }
                 Err(e) => failure = Some(e.to_string()),
             }
+        }
+        if retaken > 0 {
+            tracing::warn!(slots = retaken, "Redis lost these slots' leases and epochs (a flush, or a failover to a stale replica): taken back, and every account of them is written again");
+            self.cluster.wake_writer();
         }
         if lost > 0 {
             tracing::error!(slots = lost, "lost slot leases to another node (this process was paused or cut off past its lease): those slots are dropped here; changes of them not yet in Redis were never acknowledged");
@@ -227,22 +244,29 @@ impl Keeper {
         };
         let me = &self.cluster.node.id;
         let others: Vec<&String> = ids.iter().filter(|id| *id != me).collect();
-        let commands = others
-            .iter()
-            .map(|id| {
-                let key = keys::node_key(id);
-                let mut get = redis::cmd("GET");
-                get.arg(&key);
-                (slot_of(key.as_bytes()), get)
-            })
-            .collect();
+        let mut commands = Vec::with_capacity(others.len() * 2);
+        for id in &others {
+            let key = keys::node_key(id);
+            let slot = slot_of(key.as_bytes());
+            let mut get = redis::cmd("GET");
+            get.arg(&key);
+            let mut pttl = redis::cmd("PTTL");
+            pttl.arg(&key);
+            commands.push((slot, get));
+            commands.push((slot, pttl));
+        }
+        let replies = self.redis.run(commands);
         let mut nodes = Vec::new();
         let mut gone = Vec::new();
-        for (id, reply) in others.iter().zip(self.redis.run(commands)) {
-            match reply {
-                Ok(Value::Nil) => gone.push((*id).clone()),
-                Ok(v) => nodes.extend(NodeEntry::parse(id, &text(&v))),
-                Err(_) => return,
+        let mut pttls = HashMap::new();
+        for (id, pair) in others.iter().zip(replies.chunks(2)) {
+            match (&pair[0], &pair[1]) {
+                (Ok(Value::Nil), _) => gone.push((*id).clone()),
+                (Ok(v), Ok(pttl)) => {
+                    nodes.extend(NodeEntry::parse(id, &text(v)));
+                    pttls.insert((*id).clone(), int(pttl));
+                }
+                _ => return,
             }
         }
         if !gone.is_empty() {
@@ -258,9 +282,11 @@ impl Keeper {
                 port,
                 ranges: ranges_of(&self.cluster.announced()),
                 myself: true,
+                leaving: self.leaving_all,
             });
         }
-        self.viewed_at_ms = Some(self.cluster.now_ms());
+        let now = self.cluster.now_ms();
+        self.viewed_at_ms = Some(now);
         let view = View::new(nodes);
         let mut current = self.cluster.view.write();
         for node in current
@@ -268,14 +294,23 @@ impl Keeper {
             .iter()
             .filter(|n| !n.myself && !view.is_live(&n.id))
         {
-            tracing::warn!(node = %node.id, address = %node.address(), slots = node.slot_count(), "a node left or died: its slots are taken over once its leases lapse");
+            // A heartbeat that vanished with most of its lease left was
+            // deleted: Redis lost data (a flush), and the node is probably
+            // alive, about to take its slots back. Its slots wait half a
+            // lease before anyone claims them, so they are not taken (and
+            // loaded empty) from under their owner.
+            let left_ms = self.last_pttl_ms.get(&node.id).copied().unwrap_or(0);
+            let abrupt = left_ms > 2 * self.view_interval_ms() as i64 + 100;
+            let wait = if abrupt { self.cluster.lease_ms / 2 } else { 0 };
+            tracing::warn!(node = %node.id, address = %node.address(), slots = node.slot_count(), abrupt, "a node left or died: its slots are taken over once its leases lapse");
             for &(lo, hi) in &node.ranges {
                 for s in lo..=hi {
-                    self.orphaned[usize::from(s)] = true;
+                    self.orphaned[usize::from(s)] = 1 + now + wait;
                 }
             }
         }
         *current = view;
+        self.last_pttl_ms = pttls;
     }
 
     /// Hands over what is another live node's share; claims this node's
@@ -289,6 +324,7 @@ impl Keeper {
         }
         let view = self.cluster.view.read().clone();
         let me = self.cluster.node.id.as_str();
+        let now = self.cluster.now_ms();
         let mut claims = Vec::new();
         let mut hand_over = Vec::new();
         for slot in 0..SLOTS {
@@ -300,7 +336,9 @@ impl Keeper {
                 hand_over.push(slot);
             } else if state == SlotState::NotOwned && share.id == me {
                 let announced_by_other = view.owner(slot).is_some_and(|o| !o.myself);
-                if !announced_by_other {
+                let orphaned = self.orphaned[usize::from(slot)];
+                let waiting = orphaned > 0 && now + 1 < orphaned;
+                if !announced_by_other && !waiting {
                     claims.push(slot);
                 }
             }
@@ -399,7 +437,7 @@ impl Keeper {
                 .unwrap_or(0);
             self.cluster.set_epoch(slot, epoch);
             self.cluster.set_state(slot, SlotState::Loading);
-            if std::mem::take(&mut self.orphaned[usize::from(slot)]) {
+            if std::mem::take(&mut self.orphaned[usize::from(slot)]) > 0 {
                 self.cluster.stats.failovers.fetch_add(1, Ordering::Relaxed);
             }
             self.loading.push_back(slot);
@@ -459,10 +497,8 @@ impl Keeper {
 
     /// On stop: leave the cluster without losing a change (module doc).
     fn hand_over_all(&mut self) {
-        let key = keys::node_key(&self.cluster.node.id);
-        let mut del = redis::cmd("DEL");
-        del.arg(&key);
-        let _ = self.redis.run_one(slot_of(key.as_bytes()), del);
+        self.leaving_all = true;
+        self.announce();
         let serving: Vec<u16> = (0..SLOTS)
             .filter(|&s| self.cluster.state(s) == SlotState::Serving)
             .collect();
@@ -479,10 +515,19 @@ impl Keeper {
             tracing::warn!("stopping with changes not yet in Redis (it is unreachable); their replies were not sent as success");
         }
         let held = self.cluster.owned();
-        if held.is_empty() {
-            return;
+        if !held.is_empty() {
+            self.release(&held);
+            self.wait_for_new_owners(&held);
         }
-        self.release(&held);
+        let key = keys::node_key(&self.cluster.node.id);
+        let mut del = redis::cmd("DEL");
+        del.arg(&key);
+        let _ = self.redis.run_one(slot_of(key.as_bytes()), del);
+    }
+
+    /// Waits (bounded) until live peers announce `held`, so clients still
+    /// connected here are sent on with `-MOVED` rather than refused.
+    fn wait_for_new_owners(&mut self, held: &[u16]) {
         tracing::info!(
             slots = held.len(),
             "released every slot lease; waiting for peers to take them"

@@ -37,6 +37,7 @@ impl Cluster {
             port: self.announce.1,
             ranges: ranges_of(&self.announced()),
             myself: true,
+            leaving: false,
         });
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         nodes

@@ -12,6 +12,27 @@ use creditd_engine::slot::SLOTS;
 
 const NONE: u16 = u16::MAX;
 
+/// Slots move between nodes in blocks of this many: 1024 blocks, so shares
+/// are even within a few percent and a node's slots form a few hundred
+/// ranges at most.
+pub const BLOCK_SLOTS: usize = 16;
+const BLOCKS: usize = SLOTS as usize / BLOCK_SLOTS;
+
+/// Rendezvous hashing: each block goes to the live node with the highest
+/// weight for it. When a node dies only its blocks move, spread evenly over
+/// the survivors, and it gets the same ones back when it rejoins; a node
+/// that joins takes an even part from each. Every node computes the same
+/// weights (FNV-1a of the id, mixed with the block by SplitMix64).
+fn weight(node_id: &str, block: usize) -> u64 {
+    let id = node_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut z = id ^ (block as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// One live node as the view knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeEntry {
@@ -21,12 +42,16 @@ pub struct NodeEntry {
     /// Owned slots as inclusive ranges, ascending.
     pub ranges: Vec<(u16, u16)>,
     pub myself: bool,
+    /// Stopping (SIGTERM): it hands its slots over and takes no share.
+    pub leaving: bool,
 }
 
 impl NodeEntry {
-    /// The heartbeat value: `<host> <port> <ranges>`.
-    pub fn heartbeat(host: &str, port: u16, ranges: &[(u16, u16)]) -> String {
-        format!("{host} {port} {}", ranges_text(ranges))
+    /// The heartbeat value: `<host> <port> <ranges>`, then `leaving` while
+    /// the node hands everything over.
+    pub fn heartbeat(host: &str, port: u16, ranges: &[(u16, u16)], leaving: bool) -> String {
+        let flag = if leaving { " leaving" } else { "" };
+        format!("{host} {port} {}{flag}", ranges_text(ranges))
     }
 
     /// Reads a heartbeat value (None: not one).
@@ -35,12 +60,14 @@ impl NodeEntry {
         let host = parts.next()?.to_string();
         let port = parts.next()?.parse().ok()?;
         let ranges = parse_ranges(parts.next().unwrap_or(""))?;
+        let leaving = parts.next() == Some("leaving");
         Some(NodeEntry {
             id: id.to_string(),
             host,
             port,
             ranges,
             myself: false,
+            leaving,
         })
     }
 
@@ -61,6 +88,9 @@ impl NodeEntry {
 pub struct View {
     pub nodes: Vec<NodeEntry>,
     owner: Vec<u16>,
+    /// Per block of [`BLOCK_SLOTS`] slots, the index of the node whose
+    /// share it is ([`NONE`]: no node takes a share).
+    share: Vec<u16>,
 }
 
 impl Default for View {
@@ -68,6 +98,7 @@ impl Default for View {
         View {
             nodes: Vec::new(),
             owner: vec![NONE; usize::from(SLOTS)],
+            share: vec![NONE; BLOCKS],
         }
     }
 }
@@ -88,7 +119,21 @@ impl View {
                 }
             }
         }
-        View { nodes, owner }
+        let share = (0..BLOCKS)
+            .map(|block| {
+                nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| !n.leaving)
+                    .max_by_key(|(_, n)| weight(&n.id, block))
+                    .map_or(NONE, |(i, _)| i as u16)
+            })
+            .collect();
+        View {
+            nodes,
+            owner,
+            share,
+        }
     }
 
     /// The node announcing `slot`, if any.
@@ -103,14 +148,12 @@ impl View {
         self.owner(slot).map(NodeEntry::address)
     }
 
-    /// The live node that should own `slot`: the 16384 slots split into
-    /// as many contiguous, even ranges as there are live nodes, in id order.
+    /// The live node (not leaving) that should own `slot`.
     pub fn share_of(&self, slot: u16) -> Option<&NodeEntry> {
-        if self.nodes.is_empty() {
-            return None;
+        match self.share[usize::from(slot) / BLOCK_SLOTS] {
+            NONE => None,
+            i => self.nodes.get(usize::from(i)),
         }
-        let n = self.nodes.len();
-        self.nodes.get(usize::from(slot) * n / usize::from(SLOTS))
     }
 
     /// Every slot is announced by a live node.
@@ -174,18 +217,51 @@ mod tests {
     fn heartbeats_round_trip_and_shares_are_even() {
         let ranges = ranges_of(&[0, 1, 2, 7, 9, 10]);
         assert_eq!(ranges, vec![(0, 2), (7, 7), (9, 10)]);
-        let value = NodeEntry::heartbeat("127.0.0.1", 7001, &ranges);
+        let value = NodeEntry::heartbeat("127.0.0.1", 7001, &ranges, false);
         assert_eq!(value, "127.0.0.1 7001 0-2,7,9-10");
         let node = NodeEntry::parse("b", &value).unwrap();
         assert_eq!((node.ranges.clone(), node.slot_count()), (ranges, 6));
         assert!(NodeEntry::parse("x", "h 1 5-3").is_none());
         let empty = NodeEntry::parse("c", "h 2 -").unwrap();
-        let view = View::new(vec![node, empty]);
+        let leaving = NodeEntry::parse("d", &NodeEntry::heartbeat("h", 3, &[], true)).unwrap();
+        assert!(leaving.leaving && !empty.leaving);
+        let view = View::new(vec![node, empty, leaving]);
         assert_eq!(view.owner_address(9).as_deref(), Some("127.0.0.1:7001"));
         assert_eq!(view.owner(3), None);
-        assert_eq!(view.share_of(0).unwrap().id, "b");
-        assert_eq!(view.share_of(8191).unwrap().id, "b");
-        assert_eq!(view.share_of(8192).unwrap().id, "c");
-        assert_eq!(view.share_of(SLOTS - 1).unwrap().id, "c");
+        assert!((0..SLOTS).all(|s| view.share_of(s).is_some_and(|n| n.id != "d")));
+    }
+
+    fn entry(id: &str) -> NodeEntry {
+        NodeEntry::parse(id, "h 1 -").unwrap()
+    }
+
+    fn shares(view: &View) -> Vec<String> {
+        (0..SLOTS)
+            .map(|s| view.share_of(s).unwrap().id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn shares_are_even_and_only_a_dead_nodes_slots_move() {
+        let ids = ["7f3a", "0b21", "c9d4"];
+        let three = shares(&View::new(ids.iter().map(|i| entry(i)).collect()));
+        for id in ids {
+            let n = three.iter().filter(|s| *s == id).count();
+            assert!((5000..5900).contains(&n), "{id}: {n} slots");
+        }
+        let two = shares(&View::new(vec![entry(ids[0]), entry(ids[2])]));
+        for (before, after) in three.iter().zip(&two) {
+            if before != ids[1] {
+                assert_eq!(before, after, "a survivor's slot moved");
+            }
+        }
+        let moved_to_first = (0..usize::from(SLOTS))
+            .filter(|&s| three[s] == ids[1] && two[s] == ids[0])
+            .count();
+        let dead = three.iter().filter(|s| *s == ids[1]).count();
+        assert!(
+            moved_to_first * 3 > dead && moved_to_first * 3 < dead * 2,
+            "{moved_to_first} of {dead}"
+        );
     }
 }
