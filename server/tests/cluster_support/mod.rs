@@ -369,10 +369,28 @@ impl Node {
         }
     }
 
-    /// SIGSTOP: the process is frozen, its sockets stay open.
+    /// SIGSTOP, then waits until every thread of the process is stopped:
+    /// the kernel stops a multi-threaded process's threads one after the
+    /// other (a busy machine can leave one serving for a while after `kill`
+    /// returned). The process is frozen; its sockets stay open.
     pub fn pause(&mut self) {
         self.signal("-STOP");
         self.paused = true;
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let stopped = wait_until(Duration::from_secs(10), || {
+            let Ok(entries) = fs::read_dir(&tasks) else {
+                return false;
+            };
+            entries.flatten().all(|task| {
+                // The state is the field after the parenthesised name.
+                fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .is_some_and(|state| state == "T" || state == "t")
+                })
+            })
+        });
+        assert!(stopped, "process {} did not stop", self.pid());
     }
 
     /// SIGCONT.
@@ -578,15 +596,28 @@ impl SlotMap {
     }
 }
 
+/// How long a settled view must stay the same (longer than the nodes'
+/// view interval, 250 ms at most).
+const STABLE: Duration = Duration::from_millis(600);
+
+/// Is `n` slots about an even share among `nodes` live nodes? The nodes
+/// share by rendezvous hashing over 1024 blocks: even within a few percent.
+pub fn about_even(n: usize, nodes: usize) -> bool {
+    let even = SLOTS / nodes;
+    n * 100 >= even * 85 && n * 100 <= even * 115
+}
+
 /// Waits (at most `timeout`) until every node in `live` answers CLUSTER
 /// SLOTS with all 16384 slots, each owned by exactly one node of `live`,
-/// split evenly among them, all of them agreeing, CLUSTER INFO
-/// `cluster_state:ok` and `/readyz` 200 on each. Panics with the last views and the logs if
+/// split about evenly among them, all of them agreeing and still agreeing
+/// on the same split a view interval later, CLUSTER INFO `cluster_state:ok`
+/// and `/readyz` 200 on each. Panics with the last views and the logs if
 /// that does not happen.
 pub fn wait_settled(live: &[&Node], timeout: Duration) -> SlotMap {
     let addrs: Vec<String> = live.iter().map(|n| n.addr()).collect();
     let mut last = String::new();
     let mut settled = None;
+    let mut stable_since: Option<(Instant, Vec<String>)> = None;
     let ok = wait_until(timeout, || {
         let mut agreed: Option<Vec<String>> = None;
         for node in live {
@@ -605,12 +636,11 @@ pub fn wait_settled(live: &[&Node], timeout: Duration) -> SlotMap {
                 last = format!("{} names {stranger}, not a live node", node.addr());
                 return false;
             }
-            // Live nodes share the slots evenly: an uneven split is a
-            // rebalance still under way.
-            let (low, high) = (SLOTS / addrs.len(), SLOTS.div_ceil(addrs.len()));
+            // Live nodes share the slots about evenly: a lopsided split is
+            // a rebalance still under way.
             for a in &addrs {
                 let n = owners.iter().filter(|o| *o == a).count();
-                if !(low..=high).contains(&n) {
+                if !about_even(n, addrs.len()) {
                     last = format!("{} gives {a} {n} slots", node.addr());
                     return false;
                 }
@@ -632,6 +662,20 @@ pub fn wait_settled(live: &[&Node], timeout: Duration) -> SlotMap {
             let (status, body) = node.http_get("/readyz");
             if status != 200 {
                 last = format!("{} /readyz: {status} {body}", node.addr());
+                return false;
+            }
+        }
+        // And the same a view interval later: not a split passing by.
+        let now = Instant::now();
+        match &stable_since {
+            Some((since, owners)) if Some(owners) == agreed.as_ref() => {
+                if now.duration_since(*since) < STABLE {
+                    return false;
+                }
+            }
+            _ => {
+                last = "the slots are still moving".to_string();
+                stable_since = Some((now, agreed.clone().unwrap()));
                 return false;
             }
         }
