@@ -20,6 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The nodes' `cluster_lease_ms`: short, so that failovers are quick, but
+/// with room for a busy machine (a node that cannot renew within it loses
+/// its slots).
+const LEASE_MS: u64 = 1500;
+
 /// How long the slots of a fresh cluster may take to settle.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -400,7 +405,7 @@ fn three_nodes_share_the_slots_and_route_stock_clients() {
     let _serial = one_at_a_time();
     let redis = RedisCluster::start(3);
     let dir = TempDir::new("cluster-share");
-    let nodes = start_nodes(&dir, &redis.url(0), 1500, 3);
+    let nodes = start_nodes(&dir, &redis.url(0), LEASE_MS, 3);
     let live = refs(&nodes);
     let logs = || all_logs(&live);
     let map = wait_settled(&live, SETTLE);
@@ -543,7 +548,7 @@ fn two_nodes_on_one_plain_redis_split_the_slots() {
     let _serial = one_at_a_time();
     let redis = RedisServer::start();
     let dir = TempDir::new("cluster-plain");
-    let nodes = start_nodes(&dir, &redis.url(), 1500, 2);
+    let nodes = start_nodes(&dir, &redis.url(), LEASE_MS, 2);
     let live = refs(&nodes);
     let map = wait_settled(&live, SETTLE);
     let counts = map.counts();
@@ -590,7 +595,6 @@ fn two_nodes_on_one_plain_redis_split_the_slots() {
 #[test]
 fn kill_nine_loses_no_acknowledged_change() {
     let _serial = one_at_a_time();
-    const LEASE_MS: u64 = 1000;
     let redis = RedisCluster::start(3);
     let dir = TempDir::new("cluster-kill9");
     let mut nodes = start_nodes(&dir, &redis.url(0), LEASE_MS, 3);
@@ -655,7 +659,6 @@ fn kill_nine_loses_no_acknowledged_change() {
 #[test]
 fn rejoin_and_sigterm_hand_over() {
     let _serial = one_at_a_time();
-    const LEASE_MS: u64 = 1000;
     let redis = RedisCluster::start(3);
     let dir = TempDir::new("cluster-rejoin");
     let mut nodes = start_nodes(&dir, &redis.url(0), LEASE_MS, 3);
@@ -705,7 +708,6 @@ fn rejoin_and_sigterm_hand_over() {
 #[test]
 fn a_paused_node_is_fenced() {
     let _serial = one_at_a_time();
-    const LEASE_MS: u64 = 1000;
     let redis = RedisCluster::start(3);
     let dir = TempDir::new("cluster-paused");
     let mut nodes = start_nodes(&dir, &redis.url(0), LEASE_MS, 3);
@@ -860,7 +862,7 @@ fn redis_py_cluster_client_routes_by_itself() {
     );
     let redis = RedisServer::start();
     let dir = TempDir::new("cluster-py");
-    let nodes = start_nodes(&dir, &redis.url(), 1500, 3);
+    let nodes = start_nodes(&dir, &redis.url(), LEASE_MS, 3);
     wait_settled(&refs(&nodes), SETTLE);
     let ports: Vec<String> = nodes.iter().map(|n| n.port.to_string()).collect();
     let mut cmd = std::process::Command::new(python);
