@@ -630,6 +630,14 @@ fn kill_nine_loses_no_acknowledged_change() {
         .min()
         .expect("an account of the dead node's slots was served after the kill");
     let failover = first - killed;
+    // Commands sent before the kill and acknowledged after it: retried
+    // with their ids across the failover.
+    let across = ledger
+        .timings
+        .iter()
+        .filter(|(_, started, done)| *started < killed && *done > killed)
+        .count();
+    println!("{across} commands were sent before the kill and acknowledged after it");
     println!(
         "kill -9 to the first acknowledged command on the dead node's slots: {failover:?} \
          (lease {LEASE_MS} ms); {} commands acknowledged, {} retried",
