@@ -87,4 +87,20 @@ fn a_slot_is_listed_dropped_and_loaded_together() {
     assert!(e.sweep(usize::MAX) >= names.len());
     assert_eq!(e.stats().open_holds, 0, "restored holds expire too");
     assert_eq!(e.balance(b"{team}:a").available, 100);
+
+    // Many slots at once, each shard visited once: exactly their accounts go.
+    let some: Vec<u16> = by_slot.keys().copied().take(3).collect();
+    let expected: usize = some.iter().map(|s| by_slot[s].len()).sum();
+    let before = e.stats().accounts;
+    assert_eq!(e.drop_slots(&some), expected);
+    assert_eq!(e.stats().accounts, before - expected as u64);
+    for (slot, ids) in &by_slot {
+        let left = e.slot_accounts(*slot).len();
+        assert_eq!(
+            left,
+            if some.contains(slot) { 0 } else { ids.len() },
+            "slot {slot}"
+        );
+    }
+    e.check_all().unwrap();
 }

@@ -10,7 +10,7 @@ mod redis_support;
 
 use cluster_support::{
     about_even, balance_of, cluster_client, cluster_config, error_text, key_slot, parse_moved,
-    retryable, run, tail, wait_settled, Node, RedisCluster, SLOTS,
+    retryable, run, slot_tag, tail, wait_settled, Node, RedisCluster, SLOTS,
 };
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis_support::{wait_until, RedisServer, TempDir};
@@ -28,10 +28,10 @@ const LEASE_MS: u64 = 1500;
 /// How long the slots of a fresh cluster may take to settle.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// One cluster at a time: three idle nodes keep Redis and a core busy
-/// renewing 16384 slot leases a few times a lease, so clusters of parallel
-/// tests on a small machine would starve each other's renewals (and fail
-/// for that, not for what they test).
+/// One cluster at a time: each test runs up to three Redis servers and
+/// three nodes, and clusters of parallel tests on a small machine would
+/// compete for its cores, so that lease timing, not what they test, would
+/// decide.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL
@@ -589,6 +589,55 @@ fn two_nodes_on_one_plain_redis_split_the_slots() {
     for node in &nodes {
         assert_eq!(node.http_get("/readyz").0, 200);
         assert_eq!(node.info_cluster("cluster_enabled"), "1");
+    }
+}
+
+#[test]
+fn a_flushed_redis_is_written_again() {
+    let _serial = one_at_a_time();
+    let redis = RedisServer::start();
+    let dir = TempDir::new("cluster-flush");
+    let nodes = start_nodes(&dir, &redis.url(), LEASE_MS, 2);
+    let live = refs(&nodes);
+    wait_settled(&live, SETTLE);
+    let client = cluster_client(&live);
+    let mut c = client.get_connection().expect("cluster connection");
+    let accounts: Vec<String> = (0..60).map(|i| format!("flush-{i}")).collect();
+    for a in &accounts {
+        let n: i64 = redis::cmd("GRANT")
+            .arg(a)
+            .arg("g")
+            .arg(10)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 10, "{a}");
+    }
+    // Redis loses everything while both nodes live; nobody writes after.
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis.conn()).unwrap();
+    let mut r = redis.conn();
+    let rewritten = wait_until(Duration::from_secs(10), || {
+        accounts.iter().all(|a| {
+            let key = format!("creditd:{{{}}}:acct:{a}", slot_tag(key_slot(a)));
+            redis::cmd("HGET")
+                .arg(&key)
+                .arg("available")
+                .query::<Option<i64>>(&mut r)
+                .ok()
+                .flatten()
+                == Some(10)
+        })
+    });
+    assert!(
+        rewritten,
+        "every account is in Redis again\n{}",
+        all_logs(&live)
+    );
+    // Nothing was taken from under its owner: balances and ownership hold.
+    let map = wait_settled(&live, SETTLE);
+    assert_eq!(map.counts().len(), 2);
+    for a in &accounts {
+        let b: redis::Value = redis::cmd("BALANCE").arg(a).query(&mut c).unwrap();
+        assert_eq!(balance_of(&b), [10, 0, 0, 0, 10], "{a}");
     }
 }
 

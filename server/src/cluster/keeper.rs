@@ -226,8 +226,8 @@ impl Keeper {
             }
             self.cluster.set_state(slot, SlotState::NotOwned);
             self.cluster.set_epoch(slot, 0);
-            self.engine.drop_slot(slot);
         }
+        self.engine.drop_slots(slots);
         self.cluster
             .stats
             .slots_handed_over

@@ -40,9 +40,7 @@ pub fn load_slots(redis: &mut RedisNodes, engine: &Engine, slots: &[u16]) -> Res
             }
         }
     }
-    for &slot in slots {
-        engine.drop_slot(slot);
-    }
+    engine.drop_slots(slots);
     let mut loaded = 0;
     for chunk in wanted.chunks(STATES_PER_PIPELINE) {
         let commands = chunk

@@ -121,9 +121,7 @@ impl Keeper {
     /// now), and the node starts over as a new incarnation.
     fn rejoin(&mut self, why: &str) {
         let held = self.cluster.owned();
-        for &slot in &held {
-            self.cluster.lose_slot(&self.engine, slot);
-        }
+        self.cluster.lose_slots(&self.engine, &held);
         self.leaving.clear();
         self.loading.clear();
         self.cluster.new_incarnation();

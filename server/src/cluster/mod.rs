@@ -276,13 +276,24 @@ impl Cluster {
     /// dropped. Changes of it not yet in Redis go with it; their replies see
     /// the new generation and are not sent as success.
     pub(crate) fn lose_slot(&self, engine: &Engine, slot: u16) {
-        if self.state(slot) == SlotState::NotOwned {
-            return;
+        self.lose_slots(engine, &[slot]);
+    }
+
+    /// [`Cluster::lose_slot`] for many (each engine shard visited once).
+    pub(crate) fn lose_slots(&self, engine: &Engine, slots: &[u16]) {
+        let held: Vec<u16> = slots
+            .iter()
+            .copied()
+            .filter(|&s| self.state(s) != SlotState::NotOwned)
+            .collect();
+        for &slot in &held {
+            self.set_state(slot, SlotState::NotOwned);
+            self.set_epoch(slot, 0);
         }
-        self.set_state(slot, SlotState::NotOwned);
-        self.set_epoch(slot, 0);
-        engine.drop_slot(slot);
-        self.stats.slots_lost.fetch_add(1, Ordering::Relaxed);
+        engine.drop_slots(&held);
+        self.stats
+            .slots_lost
+            .fetch_add(held.len() as u64, Ordering::Relaxed);
     }
 
     /// Wakes the writer: a reply waits for its change to reach Redis.

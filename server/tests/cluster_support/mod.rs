@@ -14,6 +14,28 @@ use std::time::{Duration, Instant};
 
 pub const SLOTS: usize = 16384;
 
+/// The hash tag creditd gives a slot's keys in Redis (`creditd:{tag}:...`):
+/// the first decimal number whose own slot is `slot`, as docs/CLUSTER.md says.
+pub fn slot_tag(slot: u16) -> String {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); SLOTS];
+        let mut missing = SLOTS;
+        let mut n: u64 = 0;
+        while missing > 0 {
+            let text = n.to_string();
+            let s = usize::from(key_slot(&text));
+            if tags[s].is_empty() {
+                tags[s] = text;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    tags[usize::from(slot)].clone()
+}
+
 /// An account's hash slot, as Redis Cluster computes a key's: CRC16-XMODEM
 /// of the key (or of its first non-empty `{hash tag}`) mod 16384. The tests
 /// check it against `CLUSTER KEYSLOT` of a real Redis Cluster.
