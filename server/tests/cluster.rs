@@ -9,8 +9,8 @@ mod common;
 mod redis_support;
 
 use cluster_support::{
-    about_even, balance_of, cluster_client, cluster_config, error_text, key_slot, parse_moved,
-    retryable, run, slot_tag, tail, wait_settled, Node, RedisCluster, SLOTS,
+    about_even, balance_of, cluster_client, cluster_client_of, cluster_config, error_text,
+    key_slot, parse_moved, retryable, run, slot_tag, tail, wait_settled, Node, RedisCluster, SLOTS,
 };
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis_support::{wait_until, RedisServer, TempDir};
@@ -222,14 +222,7 @@ fn load_thread(
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
 ) -> Ledger {
-    let client = redis::cluster::ClusterClient::builder(urls)
-        .connection_timeout(Duration::from_secs(1))
-        .response_timeout(Duration::from_secs(10))
-        .retries(4)
-        .min_retry_wait(20)
-        .max_retry_wait(200)
-        .build()
-        .expect("cluster client");
+    let client = cluster_client_of(urls);
     let mut conn = None;
     let mut ledger = Ledger::default();
     let limit = Duration::from_secs(40);

@@ -207,7 +207,7 @@ impl Keeper {
         self.release(&slots);
     }
 
-    /// Releases the leases of `slots` (Leaving, flushed) and forgets them.
+    /// Deletes the fences of `slots` (Leaving, flushed) and forgets them.
     fn release(&mut self, slots: &[u16]) {
         let commands = slots
             .iter()
@@ -221,7 +221,7 @@ impl Keeper {
             if let Err(e) = reply {
                 tracing::warn!(
                     slot,
-                    "could not release the slot lease ({e}); it lapses after cluster_lease_ms"
+                    "could not delete the slot's fence ({e}); its next owner takes it once this node's lease lapses"
                 );
             }
             self.cluster.set_state(slot, SlotState::NotOwned);
@@ -271,7 +271,7 @@ impl Keeper {
         if taken > 0 {
             tracing::info!(
                 slots = taken,
-                "took slot leases; loading their accounts from Redis"
+                "took slots; loading their accounts from Redis"
             );
             self.cluster
                 .stats

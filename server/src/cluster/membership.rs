@@ -66,11 +66,21 @@ impl Keeper {
         let result = if self.joined_at_ms.is_none() {
             self.join().map(|()| 1)
         } else {
+            // The member set too, every time: a peer that saw this node
+            // gone may remove it from the set just after it joined again.
             let cmd = self
                 .shas
                 .heartbeat(&id, &self.heartbeat(), ttl, &incarnation);
-            self.redis
-                .run_one(slot_of(keys::node_key(&id).as_bytes()), cmd)
+            let mut add = redis::cmd("SADD");
+            add.arg(keys::MEMBERS_KEY).arg(&id);
+            let mut replies = self.redis.run(vec![
+                (slot_of(keys::node_key(&id).as_bytes()), cmd),
+                (slot_of(keys::MEMBERS_KEY.as_bytes()), add),
+            ]);
+            let added = replies.pop().expect("two replies");
+            let renewed = replies.pop().expect("two replies");
+            added
+                .and(renewed)
                 .map(|v| int(&v))
                 .map_err(|e| e.to_string())
         };

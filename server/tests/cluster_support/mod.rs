@@ -766,7 +766,13 @@ pub fn retryable(e: &redis::RedisError) -> bool {
 
 /// A stock cluster client over these nodes' addresses.
 pub fn cluster_client(nodes: &[&Node]) -> redis::cluster::ClusterClient {
-    redis::cluster::ClusterClient::builder(nodes.iter().map(|n| n.url()).collect::<Vec<_>>())
+    cluster_client_of(nodes.iter().map(|n| n.url()).collect())
+}
+
+/// A stock cluster client over these URLs, with short timeouts and a few
+/// quick retries of its own.
+pub fn cluster_client_of(urls: Vec<String>) -> redis::cluster::ClusterClient {
+    redis::cluster::ClusterClient::builder(urls)
         .connection_timeout(Duration::from_secs(1))
         .response_timeout(Duration::from_secs(10))
         .retries(4)
