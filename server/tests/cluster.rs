@@ -13,7 +13,7 @@ use cluster_support::{
     key_slot, parse_moved, retryable, run, slot_tag, tail, wait_settled, Node, RedisCluster, SLOTS,
 };
 use redis::cluster::{ClusterClient, ClusterConnection};
-use redis_support::{wait_until, RedisServer, TempDir};
+use redis_support::{start_refused, wait_until, RedisServer, TempDir};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -583,6 +583,38 @@ fn two_nodes_on_one_plain_redis_split_the_slots() {
         assert_eq!(node.http_get("/readyz").0, 200);
         assert_eq!(node.info_cluster("cluster_enabled"), "1");
     }
+}
+
+#[test]
+fn cluster_flags_are_checked_before_anything_starts() {
+    let dir = TempDir::new("cluster-flags");
+    let data = dir.path().join("data");
+    let (code, log) = start_refused(&data, &["--cluster"], Duration::from_secs(20));
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("--redis"), "{log}");
+    let (code, log) = start_refused(
+        &data,
+        &["--cluster", "--redis", "unix:///tmp/creditd-no.sock"],
+        Duration::from_secs(20),
+    );
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("--cluster needs a redis://host:port URL"),
+        "{log}"
+    );
+    let (code, log) = start_refused(
+        &data,
+        &[
+            "--cluster",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--node-id",
+            "xyz",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("40 hex digits"), "{log}");
 }
 
 #[test]

@@ -41,13 +41,7 @@ impl RedisNodes {
     /// Reads the topology through `url` (any master of a Redis Cluster, or a
     /// plain Redis). Scripts in `scripts` are loaded on every connection.
     pub fn connect(url: &str, scripts: &[&str]) -> Result<RedisNodes, String> {
-        let base = url
-            .into_connection_info()
-            .map_err(|e| format!("--redis {}: bad URL: {e}", shown(url)))?;
-        let addr = match base.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-            _ => return Err("--cluster needs a redis://host:port URL".into()),
-        };
+        let (base, addr) = Self::parse(url)?;
         let mut nodes = RedisNodes {
             base,
             url: shown(url),
@@ -58,6 +52,19 @@ impl RedisNodes {
         };
         nodes.refresh()?;
         Ok(nodes)
+    }
+
+    /// The URL's connection settings and address: a `redis://host:port`
+    /// URL (a mistake here is not worth retrying).
+    pub fn parse(url: &str) -> Result<(ConnectionInfo, (String, u16)), String> {
+        let base = url
+            .into_connection_info()
+            .map_err(|e| format!("--redis {}: bad URL: {e}", shown(url)))?;
+        let addr = match base.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            _ => return Err("--cluster needs a redis://host:port URL".into()),
+        };
+        Ok((base, addr))
     }
 
     /// How many masters hold slots.
