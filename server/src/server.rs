@@ -50,6 +50,11 @@ pub fn run(opts: Options) -> Result<(), String> {
             opts.listen
         ));
     }
+    // A cluster URL that cannot work is refused before anything starts.
+    if let (true, Some(url)) = (opts.cluster, &opts.redis) {
+        cluster::redis::RedisNodes::parse(url)
+            .map_err(|e| format!("cluster mode cannot start: {e}"))?;
+    }
     // First, before any port or file is touched: one process per data dir.
     let data_dir_lock = DataDirLock::acquire(&opts.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -56,7 +56,6 @@ pub fn identity(opts: &Options, listen: SocketAddr, lease_ms: u64) -> Result<Clu
 fn connect(url: &str) -> Result<RedisNodes, String> {
     let sources = leases::sources();
     let scripts: Vec<&str> = sources.iter().map(String::as_str).collect();
-    RedisNodes::parse(url).map_err(|e| format!("cluster mode cannot start: {e}"))?;
     let started = Instant::now();
     loop {
         match RedisNodes::connect(url, &scripts) {
