@@ -66,7 +66,7 @@ if lease ~= ARGV[fence_arg] then
 end
 "#;
 
-pub(crate) const ACQUIRE_LUA: &str = r#"
+const ACQUIRE_LUA: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.match(cur, '^(%S+)') ~= ARGV[1] then
   return {0, cur, redis.call('PTTL', KEYS[1])}

@@ -61,23 +61,29 @@ fn is_node_id(id: &str) -> bool {
     id.len() == NODE_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// 160 random bits as hex. `RandomState` keys come from the OS's random
-/// source; hashing the time and pid on top makes ids of clones differ too.
+/// 160 random bits as hex.
 fn new_node_id() -> String {
+    let mut id = String::with_capacity(NODE_ID_LEN + 16);
+    for part in 0u8..3 {
+        id.push_str(&format!("{:016x}", random_u64(part)));
+    }
+    id.truncate(NODE_ID_LEN);
+    id
+}
+
+/// 64 random bits: `RandomState` keys come from the OS's random source;
+/// hashing the time, the pid and `salt` on top makes values of clones (and
+/// of several calls in one process) differ too.
+pub fn random_u64(salt: u8) -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let mut id = String::with_capacity(NODE_ID_LEN + 16);
-    for part in 0u8..3 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u128(nanos);
-        h.write_u32(std::process::id());
-        h.write_u8(part);
-        id.push_str(&format!("{:016x}", h.finish()));
-    }
-    id.truncate(NODE_ID_LEN);
-    id
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.write_u8(salt);
+    h.finish()
 }
 
 /// The host name (Linux: the kernel's; else `HOSTNAME`), `unknown` if none.

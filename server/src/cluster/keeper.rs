@@ -327,22 +327,24 @@ impl Keeper {
         let serving: Vec<u16> = (0..SLOTS)
             .filter(|&s| self.cluster.state(s) == SlotState::Serving)
             .collect();
-        for &slot in &serving {
-            self.cluster.set_state(slot, SlotState::Leaving);
-        }
-        let seq = self.journal.stats().last_seq;
+        self.begin_hand_over(&serving);
         let deadline = Instant::now() + HAND_OVER_WAIT;
-        self.cluster.wake_writer();
-        while self.cluster.watermark.load(Ordering::Acquire) < seq && Instant::now() < deadline {
+        while !self.leaving.is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
+            self.release_flushed();
         }
-        if self.cluster.watermark.load(Ordering::Acquire) < seq {
+        if !self.leaving.is_empty() {
             tracing::warn!("stopping with changes not yet in Redis (it is unreachable); their replies were not sent as success");
+            self.leaving.clear();
         }
+        // Slots still loading, and leaving ones Redis did not take in time.
         let held = self.cluster.owned();
         if !held.is_empty() {
             self.release(&held);
-            self.wait_for_new_owners(&held);
+        }
+        let released: Vec<u16> = serving.into_iter().chain(held).collect();
+        if !released.is_empty() {
+            self.wait_for_new_owners(&released);
         }
         let key = keys::node_key(&self.cluster.node.id);
         let mut del = redis::cmd("DEL");

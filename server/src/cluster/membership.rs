@@ -23,6 +23,9 @@ use redis::Value;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+/// The most nodes a view reads (as many as there are blocks of slots).
+pub const MAX_NODES: usize = super::view::BLOCKS;
+
 impl Keeper {
     /// The lease value: this run, its address and the slots it announces.
     pub(super) fn heartbeat(&self) -> String {
@@ -205,10 +208,21 @@ impl Keeper {
         let members_slot = slot_of(keys::MEMBERS_KEY.as_bytes());
         let mut smembers = redis::cmd("SMEMBERS");
         smembers.arg(keys::MEMBERS_KEY);
-        let ids: Vec<String> = match self.redis.run_one(members_slot, smembers) {
+        let mut ids: Vec<String> = match self.redis.run_one(members_slot, smembers) {
             Ok(Value::Array(m)) | Ok(Value::Set(m)) => m.iter().map(text).collect(),
             _ => return,
         };
+        if ids.len() > MAX_NODES {
+            // More nodes than blocks of slots could never all take a share;
+            // the view reads a bounded number of leases per interval.
+            tracing::warn!(
+                members = ids.len(),
+                max = MAX_NODES,
+                "more cluster members than a view reads; the rest are ignored"
+            );
+            ids.sort();
+            ids.truncate(MAX_NODES);
+        }
         let me = self.cluster.node.id.clone();
         let others: Vec<&String> = ids.iter().filter(|id| **id != me).collect();
         let mut commands = Vec::with_capacity(others.len() * 2);

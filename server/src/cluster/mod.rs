@@ -94,6 +94,23 @@ pub struct ClusterStats {
     pub last_load_ms: AtomicU64,
 }
 
+impl ClusterStats {
+    /// The counters by name: `cluster_<name>` in INFO,
+    /// `creditd_cluster_<name>_total` in `/metrics` (one list for both).
+    pub fn counters(&self) -> [(&'static str, u64); 7] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("moved_replies", n(&self.moved_replies)),
+            ("lease_renewals", n(&self.lease_renewals)),
+            ("slots_taken", n(&self.slots_taken)),
+            ("failovers", n(&self.failovers)),
+            ("slots_handed_over", n(&self.slots_handed_over)),
+            ("slots_lost", n(&self.slots_lost)),
+            ("accounts_loaded", n(&self.accounts_loaded)),
+        ]
+    }
+}
+
 /// What every connection shares of cluster mode.
 pub struct Cluster {
     pub node: NodeIdentity,
@@ -310,16 +327,9 @@ impl Cluster {
     }
 }
 
-/// 64 random bits (the OS's keys for `RandomState`, mixed with the time).
+/// A new incarnation: 64 random bits, never 0.
 fn new_incarnation() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish().max(1)
+    crate::node::random_u64(0).max(1)
 }
 
 /// The running cluster threads.

@@ -6,7 +6,7 @@
 use super::view::{ranges_of, NodeEntry};
 use super::{Cluster, SlotState};
 use crate::resp::encode::{self, Proto};
-use creditd_engine::slot::{slot_of, SLOTS};
+use creditd_engine::slot::SLOTS;
 use metrics::{counter, gauge};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -179,33 +179,36 @@ impl Cluster {
     /// The `INFO cluster` lines (after `cluster_enabled:1`).
     pub fn write_info(&self, s: &mut String) {
         let (serving, loading, leaving) = self.counts();
-        let st = &self.stats;
-        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let _ = write!(
             s,
-            "cluster_node_id:{}\r\ncluster_announce:{}:{}\r\ncluster_known_nodes:{}\r\ncluster_slots_owned:{}\r\ncluster_slots_serving:{serving}\r\ncluster_slots_loading:{loading}\r\ncluster_slots_leaving:{leaving}\r\ncluster_my_epoch:{}\r\ncluster_leases_valid:{}\r\ncluster_lease_ms:{}\r\ncluster_redis_watermark:{}\r\ncluster_moved_replies:{}\r\ncluster_lease_renewals:{}\r\ncluster_slots_taken:{}\r\ncluster_failovers:{}\r\ncluster_slots_handed_over:{}\r\ncluster_slots_lost:{}\r\ncluster_accounts_loaded:{}\r\ncluster_last_load_ms:{}\r\n",
+            "cluster_node_id:{}\r\ncluster_announce:{}:{}\r\ncluster_known_nodes:{}\r\ncluster_slots_owned:{}\r\ncluster_slots_serving:{serving}\r\ncluster_slots_loading:{loading}\r\ncluster_slots_leaving:{leaving}\r\ncluster_my_epoch:{}\r\ncluster_leases_valid:{}\r\ncluster_lease_ms:{}\r\ncluster_redis_watermark:{}\r\n",
             self.node.id,
             self.announce.0,
             self.announce.1,
-            self.nodes().len(),
+            self.known_nodes(),
             serving + loading + leaving,
             self.max_epoch(),
             u8::from(self.leases_valid()),
             self.lease_ms,
             self.watermark.load(Ordering::Relaxed),
-            n(&st.moved_replies),
-            n(&st.lease_renewals),
-            n(&st.slots_taken),
-            n(&st.failovers),
-            n(&st.slots_handed_over),
-            n(&st.slots_lost),
-            n(&st.accounts_loaded),
-            n(&st.last_load_ms),
         );
+        for (name, n) in self.stats.counters() {
+            let _ = write!(s, "cluster_{name}:{n}\r\n");
+        }
+        let last_load_ms = self.stats.last_load_ms.load(Ordering::Relaxed);
+        let _ = write!(s, "cluster_last_load_ms:{last_load_ms}\r\n");
     }
-}
 
-impl Cluster {
+    /// Live nodes, this one included.
+    fn known_nodes(&self) -> usize {
+        let view = self.view.read();
+        1 + view
+            .nodes
+            .iter()
+            .filter(|n| !n.myself && n.id != self.node.id)
+            .count()
+    }
+
     /// Sets the cluster gauges and counters (before `/metrics` renders).
     pub fn export_metrics(&self) {
         let (serving, loading, leaving) = self.counts();
@@ -213,21 +216,11 @@ impl Cluster {
         gauge!("creditd_cluster_slots_loading").set(loading as f64);
         gauge!("creditd_cluster_slots_leaving").set(leaving as f64);
         gauge!("creditd_cluster_leases_valid").set(u8::from(self.leases_valid()) as f64);
-        gauge!("creditd_cluster_known_nodes").set(self.nodes().len() as f64);
-        let st = &self.stats;
-        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        counter!("creditd_cluster_moved_replies_total").absolute(n(&st.moved_replies));
-        counter!("creditd_cluster_lease_renewals_total").absolute(n(&st.lease_renewals));
-        counter!("creditd_cluster_slots_taken_total").absolute(n(&st.slots_taken));
-        counter!("creditd_cluster_failovers_total").absolute(n(&st.failovers));
-        counter!("creditd_cluster_slots_handed_over_total").absolute(n(&st.slots_handed_over));
-        counter!("creditd_cluster_slots_lost_total").absolute(n(&st.slots_lost));
-        counter!("creditd_cluster_accounts_loaded_total").absolute(n(&st.accounts_loaded));
-        gauge!("creditd_cluster_last_load_seconds").set(n(&st.last_load_ms) as f64 / 1e3);
+        gauge!("creditd_cluster_known_nodes").set(self.known_nodes() as f64);
+        for (name, n) in self.stats.counters() {
+            counter!(format!("creditd_cluster_{name}_total")).absolute(n);
+        }
+        let last_load_ms = self.stats.last_load_ms.load(Ordering::Relaxed);
+        gauge!("creditd_cluster_last_load_seconds").set(last_load_ms as f64 / 1e3);
     }
-}
-
-/// `CLUSTER KEYSLOT key`, `CLUSTER COUNTKEYSINSLOT` helpers.
-pub fn keyslot(key: &[u8]) -> i64 {
-    i64::from(slot_of(key))
 }

@@ -16,7 +16,7 @@ const NONE: u16 = u16::MAX;
 /// are even within a few percent and a node's slots form a few hundred
 /// ranges at most.
 pub const BLOCK_SLOTS: usize = 16;
-const BLOCKS: usize = SLOTS as usize / BLOCK_SLOTS;
+pub const BLOCKS: usize = SLOTS as usize / BLOCK_SLOTS;
 
 /// Rendezvous hashing: each block goes to the live node with the highest
 /// weight for it. When a node dies only its blocks move, spread evenly over
@@ -117,6 +117,10 @@ impl View {
     /// A view of `nodes`; where two announce one slot (one of them is
     /// behind), the first in id order is named until they agree.
     pub fn new(mut nodes: Vec<NodeEntry>) -> View {
+        assert!(
+            nodes.len() < usize::from(NONE),
+            "node indices fit below NONE"
+        );
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         nodes.dedup_by(|a, b| a.id == b.id);
         let mut owner = vec![NONE; usize::from(SLOTS)];
@@ -172,11 +176,6 @@ impl View {
             NONE => None,
             i => self.nodes.get(usize::from(i)),
         }
-    }
-
-    /// Every slot is announced by a live node.
-    pub fn covers_all(&self) -> bool {
-        self.owner.iter().all(|&o| o != NONE)
     }
 
     pub fn is_live(&self, id: &str) -> bool {

@@ -5,10 +5,9 @@
 
 use super::{is, parse_u64, Failure, Flow, Session};
 use crate::app::App;
-use crate::cluster::reply::keyslot;
 use crate::cluster::Cluster;
 use crate::resp::encode;
-use creditd_engine::slot::SLOTS;
+use creditd_engine::slot::{slot_of, SLOTS};
 
 fn cluster_of(app: &App) -> Result<&Cluster, Failure> {
     app.cluster
@@ -44,7 +43,7 @@ pub fn cluster(
         return Ok(Flow::Done);
     }
     if is(sub, "KEYSLOT") && a.len() == 3 {
-        encode::integer(out, keyslot(a[2]));
+        encode::integer(out, i64::from(slot_of(a[2])));
         return Ok(Flow::Done);
     }
     let c = cluster_of(app)?;
