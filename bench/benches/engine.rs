@@ -48,6 +48,7 @@ fn single_thread(c: &mut Criterion) {
                         &Mutation::Debit {
                             debit_id: Bytes(debit),
                             charge: Charge::Amount(1),
+                            member: None,
                         },
                     )
                     .expect("debit")

@@ -102,6 +102,7 @@ pub fn reserve(engine: &Engine, account: &[u8], n: u64, charge: Charge, ttl_ms: 
                 hold_id: Bytes(hold),
                 charge,
                 ttl_ms,
+                member: None,
             },
         )
         .expect("reserve");

@@ -4,9 +4,10 @@
 //! it was applied, and whatever it resolved from the config at that instant
 //! (a sku's price, a plan's terms), so replay never depends on today's config.
 
-use crate::account::Terms;
+use crate::account::{Cap, Terms};
 use crate::bucket::BucketKind;
 use crate::config::PlanTerms;
+use crate::events::Refused;
 use crate::id::Bytes;
 use crate::pricing::SkuPrice;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,9 @@ pub enum Mutation<'a> {
         /// As the client sent it; `None` means the configured default, which
         /// the journal record carries beside it.
         ttl_ms: Option<u64>,
+        /// `MEMBER m`: the member charged beside the pool (its cap applies).
+        #[serde(borrow)]
+        member: Option<Bytes<'a>>,
     },
     Capture {
         #[serde(borrow)]
@@ -82,6 +86,8 @@ pub enum Mutation<'a> {
         debit_id: Bytes<'a>,
         #[serde(borrow)]
         charge: Charge<'a>,
+        #[serde(borrow)]
+        member: Option<Bytes<'a>>,
     },
     Subscribe {
         #[serde(borrow)]
@@ -96,6 +102,17 @@ pub enum Mutation<'a> {
         units: u32,
     },
     Unsubscribe,
+    /// LIMIT: sets (`Some`) or removes (`None`) a member's cap.
+    Limit {
+        #[serde(borrow)]
+        member: Bytes<'a>,
+        cap: Option<Cap>,
+    },
+    /// ALERT: adds (`remove` false) or deletes a low-balance threshold.
+    Alert {
+        threshold: u64,
+        remove: bool,
+    },
 }
 
 impl Mutation<'_> {
@@ -113,15 +130,17 @@ impl Mutation<'_> {
             Mutation::Seats { .. } => "seats",
             Mutation::Addon { .. } => "addon",
             Mutation::Unsubscribe => "unsubscribe",
+            Mutation::Limit { .. } => "limit",
+            Mutation::Alert { .. } => "alert",
         }
     }
 }
 
-/// One journal record. Version 2 of the payload format (version 1 records
-/// carried no terms). The payload carries no version number, and the journal
-/// frame's version is the frame layout's, not this: a new variant is only
-/// ever appended at the end (the server's `formats` module lists every
-/// versioned format and what changing it means).
+/// One journal record. Version 3 of the payload format (version 1 records
+/// carried no terms, version 2 no members and no events). The payload
+/// carries no version number of its own: the journal frame's version covers
+/// it (the server's `formats` module lists every versioned format and what
+/// changing it means).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Records are built on the stack and encoded at once, never stored: boxing
 // the large variant would cost an allocation per command.
@@ -143,9 +162,30 @@ pub enum Record<'a> {
         terms: Terms,
         /// The default hold TTL a RESERVE without TTL got.
         default_ttl_ms: Option<u64>,
+        /// The events this change raised: the first one's sequence number
+        /// and how many (replay raises the same ones again and checks the count).
+        events: EventSeqs,
     },
     /// The test clock moved to `at_ms` (so a restart never moves it back).
     Clock { at_ms: u64 },
+    /// A command refused with INSUFFICIENT or LIMITED that raised an event
+    /// (the refusal changed nothing but the event and its rate stamp).
+    Refused {
+        at_ms: u64,
+        #[serde(borrow)]
+        account: Bytes<'a>,
+        #[serde(borrow)]
+        refused: Refused<'a>,
+        /// The event's sequence number.
+        event_seq: u64,
+    },
+}
+
+/// The events one record raised: `count` events numbered from `first`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSeqs {
+    pub first: u64,
+    pub count: u32,
 }
 
 impl Record<'_> {

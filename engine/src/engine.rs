@@ -12,11 +12,14 @@
 //! - `recovery`: replay, snapshots, restore;
 //! - `sink`: where journal records go.
 
-use crate::account::{Account, AccountView, Applied, Balance, Ctx};
+use crate::account::{Account, AccountView, Applied, Balance, Ctx, MemberView, RaisedEvents};
 use crate::clock::Clock;
-use crate::command::{Mutation, Record};
+use crate::command::{EventSeqs, Mutation, Record};
 use crate::config::Config;
-use crate::error::{EngineError, Result};
+use crate::error::{Code, EngineError, Result};
+use crate::events::{
+    refusal_event, Event, EventBounds, EventKind, EventLog, Refused, REFUSAL_EVENT_INTERVAL_MS,
+};
 use crate::history::HistoryEntry;
 use crate::id::{Bytes, Id};
 use crate::slot::{slot_of, SLOTS};
@@ -38,7 +41,7 @@ pub use catalog::Catalog;
 pub use sink::{JournalSink, MemoryJournal};
 
 use apply::{apply, validate, Resolved};
-use shard::{Find, Shard};
+use shard::{Find, Shard, Step};
 
 /// What a successful mutation returns: the reply, and the journal sequence
 /// number the reply must wait for (the record itself, or for a repeat, the
@@ -72,6 +75,8 @@ pub struct Engine {
     track_dirty: bool,
     /// Accounts in all shards (bounded by `Catalog::max_accounts` for new ones).
     accounts: AtomicU64,
+    /// Events raised, numbered; locked after a shard, never before one.
+    events: Mutex<EventLog>,
 }
 
 /// Number of shards: a power of two well above the core count, so two
@@ -100,6 +105,7 @@ impl Engine {
             journal,
             track_dirty: false,
             accounts: AtomicU64::new(0),
+            events: Mutex::new(EventLog::new()),
         }
     }
 
@@ -165,10 +171,17 @@ impl Engine {
             ));
         }
         // Today's catalog, read once and released before the shard lock.
-        let (resolved, default_ttl_ms, limits, max_accounts) = {
+        let (resolved, default_ttl_ms, limits, max_accounts, bounds) = {
             let cat = self.catalog.read();
             let (resolved, default_ttl_ms) = Resolved::from_catalog(&cat, m)?;
-            (resolved, default_ttl_ms, cat.limits, cat.max_accounts)
+            let bounds = cat.event_bounds;
+            (
+                resolved,
+                default_ttl_ms,
+                cat.limits,
+                cat.max_accounts,
+                bounds,
+            )
         };
         let find = Find::OrCreate {
             count: &self.accounts,
@@ -182,17 +195,20 @@ impl Engine {
                 limits,
                 replay: false,
             };
-            let reply = match apply(acct, &ctx, m, &resolved)? {
-                Applied::Repeated(reply) => {
+            let reply = match apply(acct, &ctx, m, &resolved) {
+                Ok(Applied::Repeated(reply)) => {
                     return Ok(Outcome {
                         reply,
                         wait_seq: acct.applied_seq,
                         changed: false,
                     })
                 }
-                Applied::Changed(reply) => reply,
+                Ok(Applied::Changed(reply)) => reply,
+                Err(e) => return Err(self.refused(acct, step, account, m, e, bounds)),
             };
-            let record = Record::Apply {
+            let mut raised = RaisedEvents::new();
+            acct.raise_low(&mut raised);
+            let mut record = Record::Apply {
                 at_ms: step.now_ms,
                 account: Bytes(account),
                 mutation: *m,
@@ -201,8 +217,37 @@ impl Engine {
                 plan: resolved.plan.as_deref().map(Cow::Borrowed),
                 terms: limits.terms,
                 default_ttl_ms,
+                events: EventSeqs::default(),
             };
-            let seq = self.journal.append(&mut |buf| record.encode(buf));
+            let seq = if raised.is_empty() {
+                self.journal.append(&mut |buf| record.encode(buf))
+            } else {
+                // Numbered and journaled under the log's lock: the journal
+                // holds event-raising records in the order of their numbers.
+                let mut log = self.events.lock();
+                let first = log.next_seq();
+                if let Record::Apply { events, .. } = &mut record {
+                    *events = EventSeqs {
+                        first,
+                        count: raised.len() as u32,
+                    };
+                }
+                let seq = self.journal.append(&mut |buf| record.encode(buf));
+                for (i, r) in raised.into_iter().enumerate() {
+                    let event = Event {
+                        seq: first + i as u64,
+                        at_ms: step.now_ms,
+                        kind: r.kind,
+                        account: acct.key.clone(),
+                        member: r.member,
+                        value: r.value,
+                        threshold: r.threshold,
+                        journal_seq: seq,
+                    };
+                    log.push(event, step.now_ms, bounds);
+                }
+                seq
+            };
             acct.applied_seq = seq;
             acct.terms = limits.terms;
             step.changed = true;
@@ -213,6 +258,85 @@ impl Engine {
             })
         })?;
         outcome.expect("the account was found or created")
+    }
+
+    /// A refused command on an existing account raises an `insufficient`
+    /// or `limited` event, at most one a minute per account (and member):
+    /// the event is journaled, and the refusal's reply waits for it.
+    fn refused(
+        &self,
+        acct: &mut Account,
+        step: &mut Step,
+        account: &[u8],
+        m: &Mutation,
+        mut e: EngineError,
+        bounds: EventBounds,
+    ) -> EngineError {
+        let kind = match e.code {
+            Code::Insufficient => EventKind::Insufficient,
+            Code::Limited => EventKind::Limited,
+            _ => return e,
+        };
+        let member: Option<Id> = match *m {
+            Mutation::Reserve { member, .. } | Mutation::Debit { member, .. } => {
+                member.map(|b| Id::new(b.0))
+            }
+            Mutation::Capture { hold_id, .. } | Mutation::Commit { hold_id, .. } => {
+                acct.holds.get(hold_id.0).and_then(|h| h.member.clone())
+            }
+            _ => return e,
+        };
+        // An account the command would have created is not there to alert.
+        let member_bytes = member.as_deref();
+        if acct.is_blank()
+            || !acct.stamp_refusal(kind, member_bytes, step.now_ms, REFUSAL_EVENT_INTERVAL_MS)
+        {
+            return e;
+        }
+        let refused = Refused {
+            kind,
+            member: member_bytes.map(Bytes),
+            need: e.need().unwrap_or(0),
+        };
+        let mut log = self.events.lock();
+        let event_seq = log.next_seq();
+        let record = Record::Refused {
+            at_ms: step.now_ms,
+            account: Bytes(account),
+            refused,
+            event_seq,
+        };
+        let seq = self.journal.append(&mut |buf| record.encode(buf));
+        let mut event = refusal_event(account, step.now_ms, &refused, event_seq);
+        event.journal_seq = seq;
+        log.push(event, step.now_ms, bounds);
+        acct.applied_seq = seq;
+        step.changed = true;
+        e.wait_seq = seq;
+        e
+    }
+
+    /// EVENTS: up to `count` events numbered above `after`, oldest first,
+    /// and the journal seq the reply must wait for.
+    pub fn events_after(&self, after: u64, count: usize) -> (Vec<Event>, u64) {
+        self.events.lock().after(after, count)
+    }
+
+    /// Numbers new events from `next_seq` at least (recovery: the Redis
+    /// stream already holds the events below it).
+    pub fn raise_event_floor(&self, next_seq: u64) {
+        self.events.lock().raise_floor(next_seq);
+    }
+
+    /// Events kept, the next event's number, and events the bounds dropped.
+    pub fn event_stats(&self) -> (usize, u64, u64) {
+        let log = self.events.lock();
+        (log.len(), log.next_seq(), log.dropped())
+    }
+
+    /// MEMBERS of an account, as of now, and the seq its reply waits for.
+    pub fn members(&self, account: &[u8]) -> (Vec<MemberView>, u64) {
+        self.read(account, |a| a.members_view())
     }
 
     /// Runs `f` on an account brought up to now (time-driven events applied),

@@ -22,11 +22,13 @@ pub enum Code {
     NotEntitled,
     /// `BUSY`: persistence is behind its bound; nothing was applied.
     Busy,
+    /// `LIMITED`: a member's cap would be exceeded.
+    Limited,
 }
 
 impl Code {
     /// Every code, in declaration order (`ALL[c.index()] == c`).
-    pub const ALL: [Code; 7] = [
+    pub const ALL: [Code; 8] = [
         Code::Err,
         Code::Insufficient,
         Code::NotFound,
@@ -34,6 +36,7 @@ impl Code {
         Code::Expired,
         Code::NotEntitled,
         Code::Busy,
+        Code::Limited,
     ];
 
     /// The word that starts the error line on the wire.
@@ -46,6 +49,7 @@ impl Code {
             Code::Expired => "EXPIRED",
             Code::NotEntitled => "NOTENTITLED",
             Code::Busy => "BUSY",
+            Code::Limited => "LIMITED",
         }
     }
 
@@ -62,14 +66,29 @@ pub enum Detail {
     Text(Cow<'static, str>),
     /// INSUFFICIENT's numbers: `need N available M` (clients parse them).
     Shortfall { need: u64, available: u64 },
+    /// LIMITED's numbers: `need N remaining M`.
+    OverCap { need: u64, remaining: u64 },
 }
 
-/// Why a command was refused. A refused command changed nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a command was refused. A refused command changed nothing but,
+/// perhaps, the event it raised (`insufficient`, `limited`): then its reply
+/// waits for that event's journal record, `wait_seq`, like a change's.
+#[derive(Debug, Clone)]
 pub struct EngineError {
     pub code: Code,
     pub detail: Detail,
+    /// The journal seq of the refusal's event record (0: none).
+    pub wait_seq: u64,
 }
+
+/// Errors are equal by what they say; `wait_seq` is bookkeeping.
+impl PartialEq for EngineError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code && self.detail == other.detail
+    }
+}
+
+impl Eq for EngineError {}
 
 /// Which command's id an idempotency conflict is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +103,7 @@ impl EngineError {
         EngineError {
             code,
             detail: Detail::Text(text.into()),
+            wait_seq: 0,
         }
     }
 
@@ -107,6 +127,15 @@ impl EngineError {
         EngineError {
             code: Code::Insufficient,
             detail: Detail::Shortfall { need, available },
+            wait_seq: 0,
+        }
+    }
+
+    pub fn limited(need: u64, remaining: u64) -> Self {
+        EngineError {
+            code: Code::Limited,
+            detail: Detail::OverCap { need, remaining },
+            wait_seq: 0,
         }
     }
 
@@ -124,6 +153,14 @@ impl EngineError {
     pub fn shortfall(&self) -> Option<(u64, u64)> {
         match self.detail {
             Detail::Shortfall { need, available } => Some((need, available)),
+            _ => None,
+        }
+    }
+
+    /// What the refused command needed, for INSUFFICIENT and LIMITED.
+    pub fn need(&self) -> Option<u64> {
+        match self.detail {
+            Detail::Shortfall { need, .. } | Detail::OverCap { need, .. } => Some(need),
             Detail::Text(_) => None,
         }
     }
@@ -136,6 +173,9 @@ impl fmt::Display for Detail {
             Detail::Text(text) => f.write_str(text),
             Detail::Shortfall { need, available } => {
                 write!(f, "need {need} available {available}")
+            }
+            Detail::OverCap { need, remaining } => {
+                write!(f, "need {need} remaining {remaining}")
             }
         }
     }
@@ -172,6 +212,10 @@ mod tests {
         assert_eq!(
             EngineError::id_reused(IdOf::Debit).to_string(),
             "CONFLICT debit id was used with other arguments"
+        );
+        assert_eq!(
+            EngineError::limited(5, 2).to_string(),
+            "LIMITED need 5 remaining 2"
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Holds: credits set aside for one job, and what remains of them once closed.
 
+use crate::id::Id;
 use crate::pricing::SkuPrice;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -48,6 +49,8 @@ pub struct Hold {
     pub portions: SmallVec<[Portion; 2]>,
     pub expires_at_ms: u64,
     pub price: Option<Arc<SkuPrice>>,
+    /// The member charged (`MEMBER m`), if any: part of the arguments.
+    pub member: Option<Id>,
 }
 
 impl Hold {
@@ -79,6 +82,7 @@ pub struct ClosedHold {
     pub amount: u64,
     pub captured: u64,
     pub outcome: HoldOutcome,
+    pub member: Option<Id>,
 }
 
 impl ClosedHold {
@@ -90,6 +94,7 @@ impl ClosedHold {
             amount: hold.amount,
             captured: hold.captured,
             outcome,
+            member: hold.member.clone(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod command;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod history;
 pub mod hold;
 pub mod id;

@@ -121,6 +121,7 @@ impl Cmd {
                 hold_id: Bytes(HOLD_IDS[id].as_bytes()),
                 charge: Charge::Amount(amount),
                 ttl_ms: ttl,
+                member: None,
             },
             Cmd::Capture { id, total, .. } => Mutation::Capture {
                 hold_id: Bytes(HOLD_IDS[id].as_bytes()),
@@ -140,6 +141,7 @@ impl Cmd {
             Cmd::Debit { id, amount, .. } => Mutation::Debit {
                 debit_id: Bytes(DEBIT_IDS[id].as_bytes()),
                 charge: Charge::Amount(amount),
+                member: None,
             },
         }
     }

@@ -111,6 +111,7 @@ fn run(engine: &Engine, op: &Op) -> Option<Result<(u64, bool), String>> {
                 hold_id: id(i),
                 charge: Charge::Amount(amount),
                 ttl_ms,
+                member: None,
             },
         ),
         Op::Commit(a, i, total) => (
@@ -133,6 +134,7 @@ fn run(engine: &Engine, op: &Op) -> Option<Result<(u64, bool), String>> {
                 } else {
                     Charge::Amount(n)
                 },
+                member: None,
             },
         ),
         Op::Plan(a, true) => (

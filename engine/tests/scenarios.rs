@@ -58,6 +58,7 @@ fn reserve(id: &str, amount: u64, ttl_ms: Option<u64>) -> Mutation<'_> {
         hold_id: Bytes(id.as_bytes()),
         charge: Charge::Amount(amount),
         ttl_ms,
+        member: None,
     }
 }
 
@@ -66,6 +67,7 @@ fn reserve_sku<'a>(id: &'a str, sku: &'a str, qty: u64) -> Mutation<'a> {
         hold_id: Bytes(id.as_bytes()),
         charge: Charge::Sku { sku, qty },
         ttl_ms: None,
+        member: None,
     }
 }
 
@@ -114,6 +116,7 @@ fn debit(id: &str, amount: u64) -> Mutation<'_> {
     Mutation::Debit {
         debit_id: Bytes(id.as_bytes()),
         charge: Charge::Amount(amount),
+        member: None,
     }
 }
 
@@ -121,6 +124,7 @@ fn debit_sku<'a>(id: &'a str, sku: &'a str, qty: u64) -> Mutation<'a> {
     Mutation::Debit {
         debit_id: Bytes(id.as_bytes()),
         charge: Charge::Sku { sku, qty },
+        member: None,
     }
 }
 

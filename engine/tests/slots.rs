@@ -28,6 +28,7 @@ fn fund(e: &Engine, account: &str) {
         hold_id: Bytes(b"h"),
         charge: Charge::Amount(30),
         ttl_ms: Some(60_000),
+        member: None,
     };
     e.execute(account.as_bytes(), &hold).unwrap();
 }

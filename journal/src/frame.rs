@@ -1,5 +1,5 @@
 //! One journal frame on disk:
-//! `[magic u8 = 0xC7][version u8 = 1][len u32 LE][seq u64 LE][crc32c u32 LE][payload]`.
+//! `[magic u8 = 0xC7][version u8 = 2][len u32 LE][seq u64 LE][crc32c u32 LE][payload]`.
 //!
 //! Why this layout: the magic byte and the version tell a frame from the zeroes or garbage a
 //! file system may leave at the tail after a crash; the length precedes the payload so the
@@ -10,11 +10,13 @@
 
 /// First byte of every frame.
 pub const FRAME_MAGIC: u8 = 0xC7;
-/// Second byte of every frame: the version of this layout, not of the payloads (they are the
-/// caller's own). A whole frame of another version whose checksum holds under this layout is
+/// Second byte of every frame: the version of this layout, and of the payloads the server
+/// writes in it (the crate treats them as opaque, but a build that cannot decode them must not
+/// start on them). A whole frame of another version whose checksum holds under this layout is
 /// [`Decoded::Foreign`], and recovery refuses the journal rather than cut it off as a torn
 /// tail: a later layout should keep magic, version, length and seq where they are.
-pub const FRAME_VERSION: u8 = 1;
+/// Version 2: same layout as 1; the server's records carry members and events.
+pub const FRAME_VERSION: u8 = 2;
 /// magic (1) + version (1) + len (4) + seq (8) + crc (4).
 pub const FRAME_HEADER_BYTES: usize = 18;
 /// Bound on one payload, so a corrupt length can never make recovery allocate or skip gigabytes.

@@ -191,7 +191,7 @@ fn execute_command(app: &App, s: &mut Session, args: &[&[u8]], out: &mut Vec<u8>
         Err(failure) => {
             app.metrics.command(index, Some(failure.code), seconds);
             reply_error(app, out, &failure);
-            0
+            failure.wait_seq
         }
     }
 }

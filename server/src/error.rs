@@ -106,6 +106,9 @@ impl From<Code> for ErrorCode {
 pub struct Failure {
     pub code: ErrorCode,
     pub detail: Detail,
+    /// The journal seq the error reply waits for (a refusal that raised an
+    /// event; 0: none).
+    pub wait_seq: u64,
 }
 
 impl Failure {
@@ -113,6 +116,7 @@ impl Failure {
         Failure {
             code,
             detail: Detail::Text(text.into()),
+            wait_seq: 0,
         }
     }
 
@@ -164,6 +168,7 @@ impl From<EngineError> for Failure {
         Failure {
             code: e.code.into(),
             detail: e.detail,
+            wait_seq: e.wait_seq,
         }
     }
 }

@@ -11,17 +11,16 @@
 //!   means bumping both.
 //! * The engine's journal record ([`Record`](creditd_engine::command::Record),
 //!   postcard): the payload of every journal frame. It carries no version of
-//!   its own, and [`JOURNAL_FRAME_VERSION`] does not cover it: a new record
-//!   variant may only be appended at the end, and any other change makes old
-//!   journals fail to replay (`undecodable record`) rather than be refused up
-//!   front.
+//!   its own: [`JOURNAL_FRAME_VERSION`] covers it, so any change to it bumps
+//!   the frame version and old journals are refused up front, both versions
+//!   named, rather than fail to replay (`undecodable record`).
 //! * The journal's own files: frames ([`JOURNAL_FRAME_VERSION`]) and the
 //!   snapshot file's envelope ([`JOURNAL_SNAPSHOT_FILE_VERSION`]), owned by
 //!   the journal crate, which cannot depend on the server: they are named here.
 
 /// The layout of one journal frame (`creditd_journal::FRAME_VERSION`): magic,
-/// version, length, seq, checksum, then the payload. Not the payload's
-/// version. A whole frame of another version (its checksum holds) is refused
+/// version, length, seq, checksum, then the payload; and the payload's
+/// encoding (2: records carry members, alert events and refusal events). A whole frame of another version (its checksum holds) is refused
 /// at recovery with both versions named, never cut off as a torn tail; a new
 /// layout keeps magic, version, length and seq where they are so that an
 /// older build can still tell.
@@ -36,16 +35,20 @@ pub use creditd_journal::SNAPSHOT_FILE_VERSION as JOURNAL_SNAPSHOT_FILE_VERSION;
 
 /// The snapshot body (`crate::persist`): this magic, the shard count, the
 /// clock's instant, then each shard as the engine serializes it
-/// (`Engine::snapshot_shard`: its accounts, postcard). Its last two bytes are
-/// the version: 02 added the clock's instant and the accounts' terms. A body
+/// (`Engine::snapshot_shard`: its accounts, postcard), then the event log
+/// (`Engine::snapshot_events`). Its last two bytes are the version: 02 added
+/// the clock's instant and the accounts' terms, 03 the accounts' members and
+/// alerts, holds' members, and the event log. A body
 /// of another version is refused with both versions named, and the start
 /// fails: bump it whenever the body layout or the account encoding changes.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP02";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CDSNAP03";
 
 /// The Redis key schema and the account `state` encoding, stored as `schema`
 /// in `creditd:meta` (docs/OPERATIONS.md, "Redis key schema"). 2: accounts
 /// carry their terms, buckets whether the plan made them, holds the TTL as
-/// sent, subscriptions a pending cancellation. A creditd refuses to start on
+/// sent, subscriptions a pending cancellation. 3: accounts carry members and
+/// alerts, holds and idempotency records their member, and events go to the
+/// `creditd:events` stream. A creditd refuses to start on
 /// a Redis that holds another schema: bump it whenever a key, a field or the
 /// account encoding changes.
-pub const REDIS_SCHEMA: u64 = 2;
+pub const REDIS_SCHEMA: u64 = 3;

@@ -105,10 +105,12 @@ fn persistence(app: &App, s: &mut String) {
 
 fn accounts(app: &App, s: &mut String) {
     let es = app.engine.stats();
+    let (events_kept, events_next_seq, events_dropped) = app.engine.event_stats();
     let _ = write!(
         s,
-        "# Accounts\r\naccounts:{}\r\nopen_holds:{}\r\nhold_expiries:{}\r\nbucket_expiries:{}\r\nrenewals:{}\r\n\r\n",
+        "# Accounts\r\naccounts:{}\r\nopen_holds:{}\r\nhold_expiries:{}\r\nbucket_expiries:{}\r\nrenewals:{}\r\nevents_kept:{events_kept}\r\nevents_last_seq:{}\r\nevents_dropped:{events_dropped}\r\n\r\n",
         es.accounts, es.open_holds, es.hold_expiries, es.bucket_expiries, es.renewals,
+        events_next_seq - 1,
     );
 }
 

@@ -43,6 +43,19 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "Credit buckets that expired with credits left.",
     ),
     ("creditd_renewals_total", "Plan cycles renewed."),
+    ("creditd_events_kept", "Events kept in memory for EVENTS."),
+    (
+        "creditd_events_last_seq",
+        "The number of the last event raised (low, insufficient, limited).",
+    ),
+    (
+        "creditd_events_dropped_total",
+        "Events dropped from memory by max_events or event_retention_ms.",
+    ),
+    (
+        "creditd_redis_events_streamed_seq",
+        "The last event number appended to the creditd:events stream.",
+    ),
     (
         "creditd_command_duration_seconds",
         "Time to execute one command (parse to reply, without the journal wait).",
@@ -287,6 +300,10 @@ fn publish_state(app: &App) {
     counter!("creditd_hold_expiries_total").absolute(es.hold_expiries);
     counter!("creditd_bucket_expiries_total").absolute(es.bucket_expiries);
     counter!("creditd_renewals_total").absolute(es.renewals);
+    let (events_kept, events_next_seq, events_dropped) = app.engine.event_stats();
+    gauge!("creditd_events_kept").set(events_kept as f64);
+    gauge!("creditd_events_last_seq").set((events_next_seq - 1) as f64);
+    counter!("creditd_events_dropped_total").absolute(events_dropped);
     let js = app.journal.stats();
     counter!("creditd_journal_bytes_written_total").absolute(js.bytes_written);
     counter!("creditd_journal_records_total").absolute(js.records_written);

@@ -65,6 +65,11 @@ pub fn snapshot_body(engine: &Engine) -> Vec<u8> {
         body.extend_from_slice(&(part.len() as u64).to_le_bytes());
         body.extend_from_slice(&part);
     }
+    // After every shard: every event of a change a shard part holds is in it.
+    part.clear();
+    engine.snapshot_events(&mut part);
+    body.extend_from_slice(&(part.len() as u64).to_le_bytes());
+    body.extend_from_slice(&part);
     body
 }
 
@@ -126,6 +131,12 @@ pub fn restore_snapshot(
         };
         at += len;
     }
+    let len_bytes = body.get(at..at + 8).ok_or("snapshot truncated")?;
+    let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
+    at += 8;
+    let events = body.get(at..at + len).ok_or("snapshot truncated")?;
+    engine.restore_events(events)?;
+    at += len;
     if at != body.len() {
         return Err("snapshot has trailing bytes".into());
     }

@@ -215,6 +215,11 @@ async fn recover(
             l.holds_other_nodes_state(),
         )?;
     }
+    if let Some(l) = &loaded {
+        // After the journal's events: a data dir behind Redis never numbers
+        // an event the stream already holds.
+        engine.raise_event_floor(l.events_seq + 1);
+    }
     durable_tx.send_replace(recovery.report.last_seq);
     slot.set(recovery.journal.clone());
     if let Some(clock) = &test_clock {

@@ -69,6 +69,7 @@ fn main() {
             hold_id: Bytes(b"job-1"),
             charge: Charge::Amount(100),
             ttl_ms: Some(86_400_000),
+            member: None,
         };
         engine.execute(account, &reserve).unwrap();
     }

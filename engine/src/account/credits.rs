@@ -48,9 +48,23 @@ impl Account {
     }
 
     /// DEBIT of a new debit id, already priced.
-    pub fn debit(&mut self, ctx: &Ctx, debit_id: &[u8], charge: Priced) -> Result<Applied> {
+    pub fn debit(
+        &mut self,
+        ctx: &Ctx,
+        debit_id: &[u8],
+        charge: Priced,
+        member: Option<&[u8]>,
+    ) -> Result<Applied> {
         if charge.amount > self.bal.available {
             return Err(EngineError::insufficient(charge.amount, self.bal.available));
+        }
+        // The pool first (INSUFFICIENT wins), then the member's cap.
+        if let Some(m) = member {
+            self.check_member(ctx, m, charge.amount)?;
+        }
+        let member = member.map(Id::new);
+        if let Some(m) = &member {
+            self.charge_member(m, ctx.now_ms, charge.amount, 0);
         }
         self.spend_available(charge.amount);
         let id = Id::new(debit_id);
@@ -58,6 +72,7 @@ impl Account {
         let done = Done::Debit {
             args: charge.args,
             reply: charge.amount,
+            member,
         };
         self.remember(ctx.limits.terms, ctx.now_ms, id, done);
         Ok(Applied::Changed(charge.amount))

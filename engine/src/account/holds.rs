@@ -23,11 +23,20 @@ impl Account {
         hold_id: &[u8],
         charge: Priced,
         (ttl_ms, ttl_given): (u64, Option<u64>),
+        member: Option<&[u8]>,
     ) -> Result<Applied> {
         debug_assert!(self.check_hold_limit(ctx).is_ok(), "the caller checked");
         let amount = charge.amount;
         if amount > self.bal.available {
             return Err(EngineError::insufficient(amount, self.bal.available));
+        }
+        // The pool first (INSUFFICIENT wins), then the member's cap.
+        if let Some(m) = member {
+            self.check_member(ctx, m, amount)?;
+        }
+        let member = member.map(Id::new);
+        if let Some(m) = &member {
+            self.charge_member(m, ctx.now_ms, 0, amount);
         }
         let portions = self.take_for_hold(amount);
         let expires_at_ms = ctx.now_ms.saturating_add(ttl_ms);
@@ -43,6 +52,7 @@ impl Account {
                 portions,
                 expires_at_ms,
                 price: charge.price,
+                member,
             },
         );
         self.log(ctx.limits.terms, ctx.now_ms, Op::Reserve, id, amount);
@@ -94,13 +104,18 @@ impl Account {
     }
 
     /// Settles `delta` more credits of a hold: from what it holds, then the
-    /// excess from available. Checks first, so a refusal changes nothing.
-    fn settle(&mut self, hold: &mut Hold, delta: u64) -> Result<()> {
+    /// excess from available (within the pool, then within the member's
+    /// cap). Checks first, so a refusal changes nothing. Returns the credits
+    /// taken from the hold; the caller counts `delta` as the member's use.
+    fn settle(&mut self, ctx: &Ctx, hold: &mut Hold, delta: u64) -> Result<u64> {
         let held = hold.held();
         let from_hold = delta.min(held);
         let excess = delta - from_hold;
         if excess > self.bal.available {
             return Err(EngineError::insufficient(excess, self.bal.available));
+        }
+        if let (Some(m), true) = (&hold.member, excess > 0) {
+            self.check_member(ctx, m, excess)?;
         }
         if from_hold > 0 {
             let mut portions = std::mem::take(&mut hold.portions);
@@ -110,7 +125,7 @@ impl Account {
         if excess > 0 {
             self.spend_available(excess);
         }
-        Ok(())
+        Ok(from_hold)
     }
 
     pub fn capture(&mut self, ctx: &Ctx, hold_id: &[u8], usage: Usage) -> Result<Applied> {
@@ -124,7 +139,10 @@ impl Account {
                 return Ok(Applied::Repeated(hold.captured));
             }
             let delta = total - hold.captured;
-            self.settle(&mut hold, delta)?;
+            let from_hold = self.settle(ctx, &mut hold, delta)?;
+            if let Some(m) = &hold.member {
+                self.settle_member(m, ctx.now_ms, delta, from_hold);
+            }
             hold.captured = total;
             Ok(Applied::Changed(delta))
         })();
@@ -161,7 +179,12 @@ impl Account {
             };
             let final_total = total.max(hold.captured);
             let delta = final_total - hold.captured;
-            self.settle(&mut hold, delta)?;
+            let held = hold.held();
+            self.settle(ctx, &mut hold, delta)?;
+            if let Some(m) = &hold.member {
+                // What it held is spent or returned below.
+                self.settle_member(m, ctx.now_ms, delta, held);
+            }
             Ok(final_total)
         })();
         let final_total = match settled {
@@ -197,6 +220,9 @@ impl Account {
                 _ => Err(EngineError::not_found("no such hold")),
             };
         };
+        if let Some(m) = &hold.member {
+            self.settle_member(m, ctx.now_ms, 0, hold.held());
+        }
         let returned = self.return_portions(ctx.limits.terms, &hold.portions, ctx.now_ms);
         self.log(ctx.limits.terms, ctx.now_ms, Op::Release, &id, returned);
         let closed = ClosedHold::of(&hold, HoldOutcome::Released { returned });

@@ -20,8 +20,15 @@ use serde::{Deserialize, Serialize};
 /// What an idempotency record remembers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Done {
-    Grant { args: GrantArgs, reply: u64 },
-    Debit { args: ChargeArgs, reply: u64 },
+    Grant {
+        args: GrantArgs,
+        reply: u64,
+    },
+    Debit {
+        args: ChargeArgs,
+        reply: u64,
+        member: Option<Id>,
+    },
     Hold(ClosedHold),
 }
 
@@ -81,9 +88,13 @@ impl Account {
     }
 
     /// DEBIT with an id used before.
-    pub fn recall_debit(&self, debit_id: &[u8], request: &Charge) -> Recall {
+    pub fn recall_debit(&self, debit_id: &[u8], request: &Charge, member: Option<&[u8]>) -> Recall {
         Some(match self.lookup_done(Kind::Debit, debit_id)? {
-            Done::Debit { args, reply } if args.matches(request) => Ok(Applied::Repeated(reply)),
+            Done::Debit {
+                args,
+                reply,
+                member: m,
+            } if args.matches(request) && same_member(&m, member) => Ok(Applied::Repeated(reply)),
             _ => Err(EngineError::id_reused(IdOf::Debit)),
         })
     }
@@ -96,20 +107,26 @@ impl Account {
         hold_id: &[u8],
         request: &Charge,
         ttl_given: Option<u64>,
+        member: Option<&[u8]>,
     ) -> Recall {
-        let repeats = |charge: &ChargeArgs, held_ttl: Option<u64>, amount: u64| {
-            if charge.matches(request) && held_ttl == ttl_given {
+        let repeats = |charge: &ChargeArgs, held_ttl: Option<u64>, m: &Option<Id>, amount| {
+            if charge.matches(request) && held_ttl == ttl_given && same_member(m, member) {
                 Ok(Applied::Repeated(amount))
             } else {
                 Err(EngineError::id_reused(IdOf::Hold))
             }
         };
         Some(match self.holds.get(hold_id) {
-            Some(h) => repeats(&h.charge, h.ttl_given, h.amount),
+            Some(h) => repeats(&h.charge, h.ttl_given, &h.member, h.amount),
             None => match self.lookup_done(Kind::Hold, hold_id)? {
-                Done::Hold(c) => repeats(&c.charge, c.ttl_given, c.amount),
+                Done::Hold(c) => repeats(&c.charge, c.ttl_given, &c.member, c.amount),
                 _ => Err(EngineError::id_reused(IdOf::Hold)),
             },
         })
     }
+}
+
+/// The member is part of a command's arguments: a retry names the same one.
+fn same_member(kept: &Option<Id>, sent: Option<&[u8]>) -> bool {
+    kept.as_deref() == sent
 }

@@ -10,6 +10,8 @@
 //! - [`holds`]: RESERVE, CAPTURE, COMMIT, RELEASE, EXTEND;
 //! - [`credits`]: GRANT and DEBIT;
 //! - [`plans`]: subscriptions, seats, add-ons, the end of a cycle;
+//! - [`members`]: members' caps and usage per period (LIMIT, MEMBERS);
+//! - [`alerts`]: low-balance thresholds and refusal-event stamps (ALERT);
 //! - [`view`]: what BALANCE, ACCOUNT and HISTORY show.
 //!
 //! Everything here runs under the account's shard lock, synchronously, with
@@ -21,16 +23,20 @@
 //! Commands on an account assume the caller decided idempotency first (see
 //! [`idempotency`]): `reserve`, `debit` and `grant` only ever see new ids.
 
+pub mod alerts;
 mod credits;
 pub(crate) mod done_log;
 mod holds;
 mod idempotency;
 mod ledger;
+pub mod members;
 pub mod plans;
 mod time;
 mod view;
 
+pub use alerts::{Alerts, RaisedEvents, MAX_ALERTS};
 pub use idempotency::{Done, GrantArgs, Recall};
+pub use members::{Cap, Member, MemberView, Members, Per};
 pub use view::{AccountView, Balance, HoldView};
 
 use crate::bucket::{Bucket, NEVER};
@@ -77,6 +83,10 @@ pub struct Limits {
     pub hold_ttl_ms: u64,
     pub max_holds: u32,
     pub max_buckets: u32,
+    /// Members per account (LIMIT, MEMBER).
+    pub max_members: u32,
+    /// Alert thresholds per account.
+    pub max_alerts: u32,
     /// What new records are made under (see [`Terms`]).
     pub terms: Terms,
 }
@@ -149,6 +159,10 @@ pub struct Account {
     /// The terms of that record: time-driven events run under them.
     pub(crate) terms: Terms,
     pub(crate) subscription: Option<Box<Subscription>>,
+    /// Members with a cap, usage or holds (`None`: none; most accounts).
+    pub(crate) members: Option<Box<Members>>,
+    /// Low-balance thresholds and refusal-event stamps (`None`: none).
+    pub(crate) alerts: Option<Box<Alerts>>,
 }
 
 fn never() -> u64 {
@@ -215,6 +229,8 @@ impl Account {
             && self.done.is_empty()
             && self.history.is_empty()
             && self.subscription.is_none()
+            && self.members.is_none()
+            && self.alerts.is_none()
     }
 
     /// Checks every invariant; used after each operation in debug builds and
@@ -271,6 +287,7 @@ impl Account {
             }
         }
         self.done.check()?;
+        self.check_members()?;
         Ok(())
     }
 }

@@ -92,6 +92,9 @@ impl Account {
     fn expire_hold(&mut self, terms: Terms, id: &Id, at_ms: u64) {
         let hold = self.holds.remove(id).expect("due hold is open");
         let held = hold.held();
+        if let Some(m) = &hold.member {
+            self.settle_member(m, at_ms, 0, held);
+        }
         self.return_portions(terms, &hold.portions, at_ms);
         self.log(terms, at_ms, Op::ExpireHold, id, held);
         let closed = ClosedHold::of(&hold, HoldOutcome::Expired);

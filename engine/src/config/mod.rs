@@ -89,6 +89,14 @@ pub struct Settings {
     pub history_per_account: u32,
     /// Idempotency records kept per account.
     pub max_ids_per_account: u32,
+    /// Members (with a cap, usage or holds) per account.
+    pub max_members_per_account: u32,
+    /// Low-balance thresholds per account; 1..=8.
+    pub max_alerts_per_account: u32,
+    /// Events kept in memory (EVENTS); the oldest go first past it.
+    pub max_events: u64,
+    /// How long events are kept (EVENTS), within `max_events`.
+    pub event_retention_ms: u64,
 }
 
 impl Default for Settings {
@@ -101,6 +109,10 @@ impl Default for Settings {
             max_buckets_per_account: 1_000,
             history_per_account: 1_000,
             max_ids_per_account: 1_000_000,
+            max_members_per_account: 10_000,
+            max_alerts_per_account: crate::account::MAX_ALERTS,
+            max_events: 1_000_000,
+            event_retention_ms: 7 * 86_400_000,
         }
     }
 }
@@ -117,7 +129,7 @@ pub struct Config {
 
 /// Every top-level key the engine reads: its settings (checked in this
 /// order), `skus` and `plans`. A whole config file has the server's keys besides.
-pub const KEYS: [&str; 9] = [
+pub const KEYS: [&str; 13] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -125,6 +137,10 @@ pub const KEYS: [&str; 9] = [
     "history_per_account",
     "max_ids_per_account",
     "max_accounts",
+    "max_members_per_account",
+    "max_alerts_per_account",
+    "max_events",
+    "event_retention_ms",
     "skus",
     "plans",
 ];
@@ -200,6 +216,15 @@ fn settings(top: &Table) -> R<Settings> {
                 s.history_per_account = int_in(v, key, 100, u32max, "")? as u32
             }
             "max_ids_per_account" => s.max_ids_per_account = int_in(v, key, 1, u32max, "")? as u32,
+            "max_members_per_account" => {
+                s.max_members_per_account = int_in(v, key, 1, u32max, "")? as u32
+            }
+            "max_alerts_per_account" => {
+                let max = u64::from(crate::account::MAX_ALERTS);
+                s.max_alerts_per_account = int_in(v, key, 1, max, "")? as u32
+            }
+            "max_events" => s.max_events = int_in(v, key, 1, i64::MAX as u64, "")?,
+            "event_retention_ms" => s.event_retention_ms = int_in(v, key, 1, i64::MAX as u64, "")?,
             "skus" | "plans" => {}
             _ => unreachable!("every key is handled"),
         }

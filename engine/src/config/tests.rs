@@ -106,6 +106,16 @@ fn settings_are_read_and_bounded() {
     );
     assert_eq!(err("history_per_account = 99").key, "history_per_account");
     assert_eq!(
+        err_str("max_alerts_per_account = 9"),
+        "creditd.toml: max_alerts_per_account: 9 is more than the maximum 8"
+    );
+    assert_eq!(
+        err("max_members_per_account = 0").key,
+        "max_members_per_account"
+    );
+    assert_eq!(err("max_events = 0").key, "max_events");
+    assert_eq!(err("event_retention_ms = 0").key, "event_retention_ms");
+    assert_eq!(
         err("max_holds_per_account = 4294967296").key,
         "max_holds_per_account"
     );
@@ -125,7 +135,8 @@ fn unknown_keys_are_rejected_everywhere() {
         err_str("hold_ttl = 5"),
         "creditd.toml: hold_ttl: unknown key (did you mean hold_ttl_ms?); expected one of: \
          hold_ttl_ms, idempotency_window_ms, max_holds_per_account, max_buckets_per_account, \
-         history_per_account, max_ids_per_account, max_accounts, skus, plans"
+         history_per_account, max_ids_per_account, max_accounts, max_members_per_account, \
+         max_alerts_per_account, max_events, event_retention_ms, skus, plans"
     );
     let e = err("[skus.\"image/x\"]\nunit = \"image\"\ncredit = 80");
     assert_eq!(e.key, "skus.\"image/x\".credit");

@@ -41,12 +41,24 @@ pub(super) fn validate(account: &[u8], m: &Mutation) -> Result<()> {
             hold_id,
             charge,
             ttl_ms,
-        } => id_ok(hold_id) && charge_ok(charge) && ttl_ms.is_none_or(ttl_ok),
+            member,
+        } => {
+            id_ok(hold_id)
+                && charge_ok(charge)
+                && ttl_ms.is_none_or(ttl_ok)
+                && member.as_ref().is_none_or(id_ok)
+        }
         Mutation::Capture { hold_id, .. }
         | Mutation::Commit { hold_id, .. }
         | Mutation::Release { hold_id } => id_ok(hold_id),
         Mutation::Extend { hold_id, ttl_ms } => id_ok(hold_id) && ttl_ok(*ttl_ms),
-        Mutation::Debit { debit_id, charge } => id_ok(debit_id) && charge_ok(charge),
+        Mutation::Debit {
+            debit_id,
+            charge,
+            member,
+        } => id_ok(debit_id) && charge_ok(charge) && member.as_ref().is_none_or(id_ok),
+        Mutation::Limit { member, cap } => id_ok(member) && cap.is_none_or(|c| amount_ok(c.limit)),
+        Mutation::Alert { threshold, .. } => (1..=MAX_AMOUNT).contains(threshold),
         Mutation::Subscribe { .. }
         | Mutation::Seats { .. }
         | Mutation::Addon { .. }
@@ -166,24 +178,31 @@ pub(super) fn apply(acct: &mut Account, ctx: &Ctx, m: &Mutation, r: &Resolved) -
             hold_id,
             charge,
             ttl_ms,
+            member,
         } => {
-            if let Some(earlier) = acct.recall_reserve(hold_id.0, &charge, ttl_ms) {
+            let member = member.map(|m| m.0);
+            if let Some(earlier) = acct.recall_reserve(hold_id.0, &charge, ttl_ms, member) {
                 return earlier;
             }
             acct.check_hold_limit(ctx)?;
             let priced = price(acct, charge, r.price.clone())?;
-            acct.reserve(ctx, hold_id.0, priced, (r.ttl_ms, ttl_ms))
+            acct.reserve(ctx, hold_id.0, priced, (r.ttl_ms, ttl_ms), member)
         }
         Mutation::Capture { hold_id, usage } => acct.capture(ctx, hold_id.0, usage),
         Mutation::Commit { hold_id, usage } => acct.commit(ctx, hold_id.0, usage),
         Mutation::Release { hold_id } => acct.release(ctx, hold_id.0),
         Mutation::Extend { hold_id, ttl_ms } => acct.extend(ctx, hold_id.0, ttl_ms),
-        Mutation::Debit { debit_id, charge } => {
-            if let Some(earlier) = acct.recall_debit(debit_id.0, &charge) {
+        Mutation::Debit {
+            debit_id,
+            charge,
+            member,
+        } => {
+            let member = member.map(|m| m.0);
+            if let Some(earlier) = acct.recall_debit(debit_id.0, &charge, member) {
                 return earlier;
             }
             let priced = price(acct, charge, r.price.clone())?;
-            acct.debit(ctx, debit_id.0, priced)
+            acct.debit(ctx, debit_id.0, priced, member)
         }
         Mutation::Subscribe {
             plan,
@@ -199,5 +218,7 @@ pub(super) fn apply(acct: &mut Account, ctx: &Ctx, m: &Mutation, r: &Resolved) -
         Mutation::Seats { seats } => acct.set_seats(ctx, seats),
         Mutation::Addon { units } => acct.set_addon(ctx, units),
         Mutation::Unsubscribe => acct.unsubscribe(ctx),
+        Mutation::Limit { member, cap } => acct.limit(ctx, member.0, cap),
+        Mutation::Alert { threshold, remove } => acct.alert(ctx, threshold, remove),
     }
 }

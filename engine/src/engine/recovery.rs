@@ -5,9 +5,10 @@
 use super::apply::{apply, reserve_ttl_ms, sku_of, Resolved};
 use super::shard::Find;
 use super::Engine;
-use crate::account::{Account, Applied, Ctx, Limits};
+use crate::account::{Account, Applied, Ctx, Limits, RaisedEvents};
 use crate::bucket::NEVER;
 use crate::command::{decode_record, Mutation, Record};
+use crate::events::{refusal_event, Event, EventLog, Refused, REFUSAL_EVENT_INTERVAL_MS};
 use crate::id::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -19,8 +20,14 @@ impl Engine {
     /// Returns the record's instant.
     pub fn replay(&self, seq: u64, payload: &[u8]) -> std::result::Result<u64, String> {
         let record = decode_record(payload)?;
-        let (at_ms, account, m, price, plan, terms, default_ttl_ms) = match record {
+        let (at_ms, account, m, price, plan, terms, default_ttl_ms, events) = match record {
             Record::Clock { at_ms } => return Ok(at_ms),
+            Record::Refused {
+                at_ms,
+                account,
+                refused,
+                event_seq,
+            } => return self.replay_refusal(seq, at_ms, account.0, &refused, event_seq),
             Record::Apply {
                 at_ms,
                 account,
@@ -29,7 +36,17 @@ impl Engine {
                 plan,
                 terms,
                 default_ttl_ms,
-            } => (at_ms, account, mutation, price, plan, terms, default_ttl_ms),
+                events,
+            } => (
+                at_ms,
+                account,
+                mutation,
+                price,
+                plan,
+                terms,
+                default_ttl_ms,
+                events,
+            ),
         };
         if matches!(m, Mutation::Reserve { ttl_ms: None, .. }) && default_ttl_ms.is_none() {
             return Err(format!("record {seq} (reserve) has no TTL"));
@@ -56,6 +73,7 @@ impl Engine {
             return Ok(at_ms);
         }
         let find = Find::OrCreateUnbounded(&self.accounts);
+        let bounds = self.catalog().event_bounds;
         let replayed = shard.visit(account.0, Some(at_ms), find, |acct, step| {
             let ctx = Ctx {
                 now_ms: step.now_ms,
@@ -72,6 +90,31 @@ impl Engine {
                 }
                 Err(e) => return Err(format!("record {seq} ({}) failed on replay: {e}", m.name())),
             }
+            let mut raised = RaisedEvents::new();
+            acct.raise_low(&mut raised);
+            if raised.len() != events.count as usize {
+                return Err(format!(
+                    "record {seq} ({}) raised {} events on replay, {} when it was made",
+                    m.name(),
+                    raised.len(),
+                    events.count
+                ));
+            }
+            let mut log = self.events.lock();
+            for (i, r) in raised.into_iter().enumerate() {
+                let event = Event {
+                    seq: events.first + i as u64,
+                    at_ms: step.now_ms,
+                    kind: r.kind,
+                    account: acct.key.clone(),
+                    member: r.member,
+                    value: r.value,
+                    threshold: r.threshold,
+                    journal_seq: 0,
+                };
+                log.push(event, step.now_ms, bounds);
+            }
+            drop(log);
             acct.applied_seq = seq;
             acct.terms = terms;
             step.changed = true;
@@ -80,6 +123,65 @@ impl Engine {
         replayed
             .map_err(|e| e.to_string())?
             .expect("the account was found or created")
+    }
+
+    /// Replays a refusal's event record: the rate stamp it set, and its event.
+    fn replay_refusal(
+        &self,
+        seq: u64,
+        at_ms: u64,
+        account: &[u8],
+        refused: &Refused,
+        event_seq: u64,
+    ) -> std::result::Result<u64, String> {
+        let bounds = self.catalog().event_bounds;
+        let mut shard = self.shard_of(account).lock();
+        let replayed = shard.visit(account, Some(at_ms), Find::Existing, |acct, step| {
+            if seq <= acct.applied_seq {
+                return Ok(());
+            }
+            let member = refused.member.map(|m| m.0);
+            let due = acct.stamp_refusal(
+                refused.kind,
+                member,
+                step.now_ms,
+                REFUSAL_EVENT_INTERVAL_MS,
+            );
+            if !due {
+                return Err(format!(
+                    "record {seq} (a refusal's event) is not due on replay: the journal and state disagree"
+                ));
+            }
+            let event = refusal_event(account, step.now_ms, refused, event_seq);
+            self.events.lock().push(event, step.now_ms, bounds);
+            acct.applied_seq = seq;
+            step.changed = true;
+            Ok(())
+        });
+        match replayed.map_err(|e| e.to_string())? {
+            Some(result) => result.map(|()| at_ms),
+            None => Err(format!(
+                "record {seq} (a refusal's event) names account {} that nothing created",
+                crate::id::show(account)
+            )),
+        }
+    }
+
+    /// Serializes the event log (after every shard: see [`EventLog::push`]
+    /// for why replaying records the log already holds is harmless).
+    pub fn snapshot_events(&self, out: &mut Vec<u8>) {
+        let log = self.events.lock();
+        let buf = std::mem::take(out);
+        *out = postcard::to_extend(&*log, buf).expect("event log encodes");
+    }
+
+    /// Loads a serialized event log (before the journal is replayed).
+    pub fn restore_events(&self, bytes: &[u8]) -> std::result::Result<(), String> {
+        let log: EventLog =
+            postcard::from_bytes(bytes).map_err(|e| format!("undecodable event log: {e}"))?;
+        log.check()?;
+        *self.events.lock() = log;
+        Ok(())
     }
 
     /// Serializes one shard (for a fuzzy snapshot: each shard is consistent

@@ -53,13 +53,22 @@ pub fn grant(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Resu
     Ok(reply_outcome(out, app.execute(account, &m)?))
 }
 
-/// `DEBIT account debit_id (amount | SKU sku QTY n)`
+/// `DEBIT account debit_id (amount | SKU sku QTY n) [MEMBER m]`
 pub fn debit(app: &App, _: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Result<Flow, Failure> {
     let account = id(a[1])?;
     let debit_id = Bytes(id(a[2])?);
-    let (charge, i) = parse_charge(a, 3)?;
+    let (charge, mut i) = parse_charge(a, 3)?;
+    let mut member = None;
+    if i < a.len() && is(a[i], "MEMBER") {
+        member = Some(Bytes(id(a.get(i + 1).ok_or_else(Failure::syntax)?)?));
+        i += 2;
+    }
     end(a, i)?;
-    let m = Mutation::Debit { debit_id, charge };
+    let m = Mutation::Debit {
+        debit_id,
+        charge,
+        member,
+    };
     Ok(reply_outcome(out, app.execute(account, &m)?))
 }
 

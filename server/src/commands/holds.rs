@@ -7,7 +7,7 @@ use crate::app::App;
 use creditd_engine::id::Bytes;
 use creditd_engine::Mutation;
 
-/// `RESERVE account hold_id (amount | SKU sku QTY n) [TTL ms]`
+/// `RESERVE account hold_id (amount | SKU sku QTY n) [TTL ms] [MEMBER m]`
 pub fn reserve(
     app: &App,
     _: &mut Session,
@@ -18,15 +18,23 @@ pub fn reserve(
     let hold_id = Bytes(id(a[2])?);
     let (charge, mut i) = parse_charge(a, 3)?;
     let mut ttl_ms = None;
-    if i < a.len() && is(a[i], "TTL") {
-        ttl_ms = Some(parse_ttl(a.get(i + 1).ok_or_else(Failure::syntax)?, "TTL")?);
+    let mut member = None;
+    while i < a.len() {
+        let value = a.get(i + 1).ok_or_else(Failure::syntax)?;
+        if is(a[i], "TTL") && ttl_ms.is_none() {
+            ttl_ms = Some(parse_ttl(value, "TTL")?);
+        } else if is(a[i], "MEMBER") && member.is_none() {
+            member = Some(Bytes(id(value)?));
+        } else {
+            return Err(Failure::syntax());
+        }
         i += 2;
     }
-    end(a, i)?;
     let m = Mutation::Reserve {
         hold_id,
         charge,
         ttl_ms,
+        member,
     };
     Ok(reply_outcome(out, app.execute(account, &m)?))
 }

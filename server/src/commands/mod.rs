@@ -8,6 +8,7 @@ mod connection;
 mod credits;
 mod describe;
 mod holds;
+mod members;
 mod plans;
 mod reads;
 
@@ -146,6 +147,10 @@ pub static COMMANDS: &[Spec] = &[
     spec!("addon", 3, Admin, plans::addon, true, true, "Sets the add-on units of an account's plan"),
     spec!("unsubscribe", 2, Admin, plans::unsubscribe, true, true, "Ends an account's plan at its cycle's end"),
     spec!("plan", -3, Admin, plans::plan, true, true, "Puts an account on a plan, or cancels it with NONE"),
+    spec!("limit", -4, Admin, members::limit, true, true, "Sets or removes a member's cap per day, month or cycle"),
+    spec!("members", 2, Gateway, members::members, false, true, "An account's members: caps, used and held this period"),
+    spec!("alert", -3, Admin, members::alert, true, true, "Adds or deletes a low-balance threshold"),
+    spec!("events", -1, Gateway, members::events, false, false, "Events after a sequence number: low, insufficient, limited"),
     spec!("ping", -1, Open, connection::ping, false, false, "Answers PONG"),
     spec!("echo", 2, Session, connection::echo, false, false, "Answers its argument"),
     spec!("auth", -2, Open, connection::auth, false, false, "Authenticates the connection"),

@@ -34,6 +34,9 @@ pub struct Loaded {
     pub meta_node: Option<String>,
     /// Versions of the accounts in Redis; the journal continues after them.
     pub base: RedisBase,
+    /// The last event number the `creditd:events` stream holds: new events
+    /// are numbered after it, even if the data dir was lost.
+    pub events_seq: u64,
 }
 
 impl Loaded {
@@ -180,14 +183,15 @@ pub fn load(
     let fail = |what: &str, e: redis::RedisError| {
         format!("loading state from Redis at {shown_url}: {what}: {e}")
     };
-    let (schema, meta_watermark, meta_node): (Option<u64>, Option<u64>, Option<String>) =
-        redis::cmd("HMGET")
-            .arg(META_KEY)
-            .arg("schema")
-            .arg("watermark")
-            .arg("node")
-            .query(&mut conn)
-            .map_err(|e| fail("HMGET creditd:meta", e))?;
+    type Meta = (Option<u64>, Option<u64>, Option<String>, Option<u64>);
+    let (schema, meta_watermark, meta_node, events_seq): Meta = redis::cmd("HMGET")
+        .arg(META_KEY)
+        .arg("schema")
+        .arg("watermark")
+        .arg("node")
+        .arg("events_seq")
+        .query(&mut conn)
+        .map_err(|e| fail("HMGET creditd:meta", e))?;
     if let Some(schema) = schema.filter(|&s| s != REDIS_SCHEMA) {
         return Err(format!(
             "Redis at {shown_url} holds creditd key schema {schema}; this creditd writes schema {REDIS_SCHEMA}"
@@ -206,6 +210,7 @@ pub fn load(
         meta_watermark: meta_watermark.unwrap_or(0),
         meta_present: meta_watermark.is_some(),
         meta_node,
+        events_seq: events_seq.unwrap_or(0),
         base,
     })
 }

@@ -40,6 +40,7 @@
 //! holds, the data dir depends on Redis from then on ([`dependency`]).
 
 pub mod dependency;
+mod events;
 mod load;
 mod pass;
 mod script;
@@ -63,7 +64,9 @@ use writer::Writer;
 pub const ACCOUNT_PREFIX: &[u8] = b"creditd:acct:";
 /// The audit stream: one entry per history entry.
 pub const AUDIT_STREAM: &str = "creditd:audit";
-/// Writer metadata: `watermark`, `schema`, `node`, `updated_at_ms`.
+/// The events stream: one entry per event (EVENTS), exactly once.
+pub const EVENTS_STREAM: &str = "creditd:events";
+/// Writer metadata: `watermark`, `schema`, `node`, `updated_at_ms`, `events_seq`.
 pub const META_KEY: &str = "creditd:meta";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -104,6 +107,8 @@ struct Shared {
     /// Account writes (and whole calls) Redis refused.
     write_errors: AtomicU64,
     last_error: Mutex<String>,
+    /// The last event number the `creditd:events` stream holds.
+    events_streamed: AtomicU64,
 }
 
 impl Shared {
@@ -169,11 +174,12 @@ impl WriteBehindStatus for Shared {
         let last_error = self.last_error.lock().replace(['\r', '\n'], " ");
         let _ = write!(
             out,
-            "redis_node_id:{}\r\nredis_lease:{lease}\r\nredis_lease_epoch:{}\r\nredis_data_loss_events:{}\r\nredis_write_errors:{}\r\nredis_last_error:{last_error}\r\n",
+            "redis_node_id:{}\r\nredis_lease:{lease}\r\nredis_lease_epoch:{}\r\nredis_data_loss_events:{}\r\nredis_write_errors:{}\r\nredis_last_error:{last_error}\r\nredis_events_streamed_seq:{}\r\n",
             self.node_id,
             self.lease.epoch(),
             self.data_loss_events.load(Ordering::Relaxed),
             self.write_errors.load(Ordering::Relaxed),
+            self.events_streamed.load(Ordering::Relaxed),
         );
     }
 
@@ -185,6 +191,8 @@ impl WriteBehindStatus for Shared {
         let held = matches!(self.lease.status(), LeaseStatus::Held);
         gauge!("creditd_redis_lease_held").set(u8::from(held) as f64);
         gauge!("creditd_redis_lease_epoch").set(self.lease.epoch() as f64);
+        gauge!("creditd_redis_events_streamed_seq")
+            .set(self.events_streamed.load(Ordering::Relaxed) as f64);
     }
 }
 
@@ -240,6 +248,7 @@ pub fn start(app: Arc<App>, loaded: Loaded) -> Result<WriteBehind, String> {
         data_loss_events: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
         last_error: Mutex::new(String::new()),
+        events_streamed: AtomicU64::new(0),
     });
     *app.redis.write() = Some(shared.clone());
     let streamed = base

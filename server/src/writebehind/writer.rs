@@ -8,6 +8,7 @@
 //! script again; `-LOSTDATA` writes everything again; `-NOLEASE` asks the
 //! lease keeper to renew; `-FENCED` stops the writer for good.
 
+use super::events;
 use super::script::{self, Call, Refusal, Reply};
 use super::{Shared, BACKOFF_MAX, BACKOFF_MIN};
 use crate::app::WriteBehindStatus;
@@ -15,6 +16,7 @@ use crate::config::ServerSettings;
 use crate::lease::{Lease, LeaseStatus};
 use crate::stop::Stop;
 use creditd_engine::clock::wall_clock_ms;
+use creditd_engine::events::Event;
 use creditd_engine::id::Id;
 use creditd_engine::Engine;
 use parking_lot::RwLock;
@@ -74,6 +76,10 @@ pub(super) struct Writer {
     pub(super) maxlen: u64,
     pub(super) conn: Option<redis::Connection>,
     pub(super) sha: String,
+    /// The events script's sha.
+    pub(super) events_sha: String,
+    /// The last event number the stream holds (`None`: ask Redis first).
+    pub(super) events_streamed: Option<u64>,
     /// Reused buffer of encoded commands.
     pub(super) out: Vec<u8>,
     /// The link state last seen.
@@ -122,6 +128,8 @@ impl Writer {
             maxlen,
             conn: None,
             sha: String::new(),
+            events_sha: String::new(),
+            events_streamed: None,
             out: Vec::new(),
             linked: false,
             link_logged: None,
@@ -174,7 +182,15 @@ impl Writer {
                 }
                 continue;
             }
-            match self.pass() {
+            let end = match self.pass() {
+                end @ (PassEnd::Idle | PassEnd::Wrote) => match self.stream_events() {
+                    Ok(true) => PassEnd::Wrote,
+                    Ok(false) => end,
+                    Err(failed) => failed,
+                },
+                end => end,
+            };
+            match end {
                 PassEnd::Idle if deadline.is_some() => break true,
                 PassEnd::Idle => self.idle(),
                 end => self.handle(end),
@@ -297,6 +313,8 @@ impl Writer {
             events,
             "Redis lost written-behind data (flushed, evicted, restarted without persistence, or failed over to a stale replica); writing every account and its history again"
         );
+        // The stream went too: every event memory keeps goes again.
+        self.events_streamed = None;
         for id in self.streamed.keys() {
             self.engine.mark_dirty(id);
         }
@@ -374,7 +392,59 @@ impl Writer {
             .arg(script::source())
             .query(conn)
             .map_err(|e| e.to_string())?;
+        self.events_sha = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(events::source())
+            .query(conn)
+            .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Streams the next durable events, if any (see [`events`]). True: some
+    /// were appended.
+    fn stream_events(&mut self) -> Result<bool, PassEnd> {
+        let durable_seq = self.shared.journal.stats().durable_seq;
+        let streamed = match self.events_streamed {
+            Some(seq) => seq,
+            None => self.events_call(&[])?,
+        };
+        let (after, _) = self.engine.events_after(streamed, events::EVENTS_PER_CALL);
+        let ready = events::ready(after, durable_seq);
+        if ready.is_empty() {
+            return Ok(false);
+        }
+        self.events_call(&ready)?;
+        Ok(true)
+    }
+
+    /// One call of the events script; returns (and keeps) the stream's last number.
+    fn events_call(&mut self, batch: &[Event]) -> Result<u64, PassEnd> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        events::encode_call(
+            &mut out,
+            &self.events_sha,
+            self.lease.value(),
+            self.maxlen,
+            batch,
+        );
+        let result = self.send_packed(&out).and_then(|()| self.recv());
+        self.out = out;
+        let reply = result.map_err(PassEnd::Disconnected)?;
+        let seq = match events::streamed_seq(&reply) {
+            Some(seq) => seq,
+            None => {
+                return Err(match script::classify(reply) {
+                    Reply::Refused(r) => PassEnd::Refused(r),
+                    Reply::Ran { .. } => PassEnd::Refused(Refusal::Failed(
+                        "unexpected reply from the events script".into(),
+                    )),
+                })
+            }
+        };
+        self.events_streamed = Some(seq);
+        self.shared.events_streamed.store(seq, Ordering::Relaxed);
+        Ok(seq)
     }
 
     pub(super) fn call<'a>(&'a self, new_watermark: Option<u64>) -> Call<'a> {

@@ -4,6 +4,7 @@ fn debit(reply: u64) -> Done {
     Done::Debit {
         args: crate::hold::ChargeArgs::Amount(reply),
         reply,
+        member: None,
     }
 }
 
