@@ -61,7 +61,7 @@ pub const KEYS: [&str; 6] = [
 /// Every top-level key of a config file: the engine's ([`engine::KEYS`]) and
 /// the server's ([`KEYS`]), in the order the unknown-key message lists them.
 /// A test checks that it is exactly both lists.
-const FILE_KEYS: [&str; 15] = [
+const FILE_KEYS: [&str; 19] = [
     "hold_ttl_ms",
     "idempotency_window_ms",
     "max_holds_per_account",
@@ -74,6 +74,10 @@ const FILE_KEYS: [&str; 15] = [
     "snapshot_every_records",
     "max_accounts",
     "cluster_lease_ms",
+    "max_members_per_account",
+    "max_alerts_per_account",
+    "max_events",
+    "event_retention_ms",
     "skus",
     "plans",
     "tokens",

@@ -132,6 +132,7 @@ fn unknown_keys_are_rejected_everywhere() {
          hold_ttl_ms, idempotency_window_ms, max_holds_per_account, max_buckets_per_account, \
          history_per_account, max_ids_per_account, max_clients, redis_max_pending, \
          redis_stream_maxlen, snapshot_every_records, max_accounts, cluster_lease_ms, \
+         max_members_per_account, max_alerts_per_account, max_events, event_retention_ms, \
          skus, plans, tokens"
     );
     let e = err("[skus.\"image/x\"]\nunit = \"image\"\ncredit = 80");
