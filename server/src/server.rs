@@ -220,6 +220,13 @@ async fn recover(
         // an event the stream already holds.
         engine.raise_event_floor(l.events_seq + 1);
     }
+    if opts.cluster {
+        // A node's events live in its memory and its local journal starts
+        // empty: numbering from the clock (a thousand numbers a millisecond)
+        // keeps a restarted node's numbers above those it gave before, so a
+        // consumer's cursor on this node stays valid (docs/CLUSTER.md).
+        engine.raise_event_floor(wall_clock_ms().saturating_mul(1000));
+    }
     durable_tx.send_replace(recovery.report.last_seq);
     slot.set(recovery.journal.clone());
     if let Some(clock) = &test_clock {

@@ -10,7 +10,8 @@ mod redis_support;
 
 use cluster_support::{
     about_even, balance_of, cluster_client, cluster_client_of, cluster_config, error_text,
-    key_slot, parse_moved, retryable, run, slot_tag, tail, wait_settled, Node, RedisCluster, SLOTS,
+    key_slot, parse_moved, retryable, run, slot_tag, tail, wait_settled, Node, RedisCluster,
+    SlotMap, SLOTS,
 };
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis_support::{start_refused, wait_until, RedisServer, TempDir};
@@ -583,6 +584,70 @@ fn two_nodes_on_one_plain_redis_split_the_slots() {
         assert_eq!(node.http_get("/readyz").0, 200);
         assert_eq!(node.info_cluster("cluster_enabled"), "1");
     }
+    events_reach_the_stream_once(&redis, &nodes, &map, &mut c);
+}
+
+/// A crossing raised on the account's node is in EVENTS there and in the
+/// stream `creditd:events` once, naming the node.
+fn events_reach_the_stream_once(
+    redis: &RedisServer,
+    nodes: &[Node],
+    map: &SlotMap,
+    c: &mut ClusterConnection,
+) {
+    let account = "plain-0";
+    let n: i64 = redis::cmd("ALERT").arg(account).arg(5).query(c).unwrap();
+    assert_eq!(n, 1);
+    let n: i64 = redis::cmd("DEBIT")
+        .arg(account)
+        .arg("d-low")
+        .arg(1)
+        .query(c)
+        .unwrap();
+    assert_eq!(n, 1);
+    let owner = nodes
+        .iter()
+        .find(|n| n.addr() == map.owner_of(account))
+        .expect("the owner is one of the nodes");
+    let events = run(&mut owner.conn(), &["EVENTS"]).expect("EVENTS");
+    let text = format!("{events:?}");
+    assert!(text.contains("low") && text.contains(account), "{text}");
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg("creditd:events")
+            .arg("-")
+            .arg("+")
+            .query(&mut r)
+            .unwrap();
+        if !entries.is_empty() || Instant::now() > deadline {
+            break entries;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let again: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("creditd:events")
+        .arg("-")
+        .arg("+")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(again, entries, "appended once");
+    let fields: std::collections::HashMap<_, _> = entries[0].1.iter().cloned().collect();
+    assert_eq!(fields["type"], "low");
+    assert_eq!(fields["account"], account);
+    assert_eq!(fields["value"], "4");
+    assert_eq!(fields["threshold"], "5");
+    assert!(!fields["node"].is_empty(), "{fields:?}");
+    assert!(
+        text.contains(&fields["seq"]),
+        "EVENTS and the stream agree: {text} {fields:?}"
+    );
 }
 
 #[test]

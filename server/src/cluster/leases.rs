@@ -131,6 +131,7 @@ pub fn sources() -> Vec<String> {
         REFENCE_LUA.to_string(),
         RELEASE_LUA.to_string(),
         write_source(),
+        super::events::EVENTS_LUA.to_string(),
     ]
 }
 
@@ -141,6 +142,7 @@ pub struct Shas {
     refence: String,
     release: String,
     pub write: String,
+    pub events: String,
 }
 
 fn evalsha(sha: &str, keys: &[&str]) -> Cmd {
@@ -161,6 +163,7 @@ impl Shas {
             refence: sha(REFENCE_LUA),
             release: sha(RELEASE_LUA),
             write: sha(&write_source()),
+            events: sha(super::events::EVENTS_LUA),
         }
     }
 

@@ -17,6 +17,7 @@
 //! whenever the slot stops being served) and whether the leases are still
 //! valid, both as atomics. The design is in docs/CLUSTER.md.
 
+mod events;
 pub mod keeper;
 pub mod keys;
 pub mod leases;

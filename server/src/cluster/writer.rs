@@ -18,11 +18,13 @@
 //! again on the next pass, and the watermark waits (replies answer `-BUSY`
 //! after their bound, as when the journal cannot write).
 
+use super::events;
 use super::leases::{Shas, ACCOUNT_ARGS};
 use super::redis::RedisNodes;
 use super::{keys, Cluster, SlotState};
 use crate::persist::account_version;
 use crate::stop::Stop;
+use creditd_engine::events::Event;
 use creditd_engine::id::Id;
 use creditd_engine::slot::slot_of;
 use creditd_engine::Engine;
@@ -63,6 +65,10 @@ pub struct Writer {
     redis: RedisNodes,
     shas: Shas,
     stop: Stop,
+    /// The last event number this node appended to the stream (`None`: ask Redis).
+    events_streamed: Option<u64>,
+    /// The last failure to append events, logged when it changes.
+    events_problem: Option<String>,
 }
 
 /// How a pass ended.
@@ -90,6 +96,8 @@ impl Writer {
             redis,
             shas: Shas::new(),
             stop,
+            events_streamed: None,
+            events_problem: None,
         }
     }
 
@@ -105,6 +113,7 @@ impl Writer {
             let (items, more) = self.take();
             if items.is_empty() && !more {
                 self.advance(seq);
+                self.stream_events();
                 if stopping_since.is_some() {
                     return;
                 }
@@ -116,6 +125,7 @@ impl Writer {
                     if !more {
                         self.advance(seq);
                     }
+                    self.stream_events();
                     retry = RETRY_MIN;
                     *self.cluster.problem.lock() = None;
                 }
@@ -143,6 +153,42 @@ impl Writer {
             *d = (*d).max(seq);
             moved
         });
+    }
+
+    /// Appends this node's events whose change is in Redis (see
+    /// [`events`]); a failure is retried after the next pass.
+    fn stream_events(&mut self) {
+        let watermark = self.cluster.watermark.load(Ordering::Acquire);
+        let Some(streamed) = self.events_streamed.or_else(|| self.events_call(&[])) else {
+            return;
+        };
+        let (after, _) = self.engine.events_after(streamed, events::EVENTS_PER_CALL);
+        let ready: Vec<Event> = after
+            .into_iter()
+            .take_while(|e| e.journal_seq <= watermark)
+            .collect();
+        if !ready.is_empty() {
+            self.events_call(&ready);
+        }
+    }
+
+    /// One call of the events script; the node's last appended number.
+    fn events_call(&mut self, batch: &[Event]) -> Option<u64> {
+        let cmd = events::call(&self.shas.events, &self.cluster.node.id, batch);
+        let problem = match self.redis.run_one(events::slot(), cmd) {
+            Ok(redis::Value::Int(n)) if n >= 0 => {
+                self.events_streamed = Some(n as u64);
+                self.events_problem = None;
+                return Some(n as u64);
+            }
+            Ok(other) => format!("unexpected reply {other:?}"),
+            Err(e) => e.to_string(),
+        };
+        if self.events_problem.as_ref() != Some(&problem) {
+            tracing::warn!(redis = %self.redis.url, "cannot append events to creditd:events ({problem}); retrying");
+            self.events_problem = Some(problem);
+        }
+        None
     }
 
     /// Takes the changed accounts of slots held here (up to the pass bound;
