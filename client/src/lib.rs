@@ -41,7 +41,7 @@ mod retry;
 
 pub use error::Error;
 pub use id::OpId;
-pub use reply::{Account, Balance, Bucket, HistoryEntry, Hold, Plan};
+pub use reply::{Account, Balance, Bucket, Event, HistoryEntry, Hold, Member, Plan};
 pub use retry::RetryPolicy;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -381,6 +381,84 @@ impl Client {
         let mut cmd = redis::cmd("ADDON");
         cmd.arg(account).arg(units);
         self.run(cmd, reply::integer).await
+    }
+
+    /// `RESERVE ... MEMBER m`: as [`Client::reserve`], charged to member
+    /// `member` as well; past the member's cap, [`Error::Limited`].
+    pub async fn reserve_for(
+        &self,
+        account: &str,
+        hold: &OpId,
+        charge: Charge,
+        ttl: Option<Duration>,
+        member: &str,
+    ) -> Result<u64, Error> {
+        let mut cmd = redis::cmd("RESERVE");
+        cmd.arg(account).arg(hold);
+        charge.write(&mut cmd);
+        if let Some(ttl) = ttl {
+            cmd.arg("TTL").arg(millis(ttl));
+        }
+        cmd.arg("MEMBER").arg(member);
+        self.run(cmd, reply::integer).await
+    }
+
+    /// `DEBIT ... MEMBER m`: as [`Client::debit`], charged to member `member`.
+    pub async fn debit_for(
+        &self,
+        account: &str,
+        debit: &OpId,
+        charge: Charge,
+        member: &str,
+    ) -> Result<u64, Error> {
+        let mut cmd = redis::cmd("DEBIT");
+        cmd.arg(account).arg(debit);
+        charge.write(&mut cmd);
+        cmd.arg("MEMBER").arg(member);
+        self.run(cmd, reply::integer).await
+    }
+
+    /// `LIMIT` (admin): caps `member` at `cap` = (credits, `day` | `month` |
+    /// `cycle`) per period, or removes its cap (`None`). Returns what the
+    /// member may still use this period (0 without a cap).
+    pub async fn limit(
+        &self,
+        account: &str,
+        member: &str,
+        cap: Option<(u64, &str)>,
+    ) -> Result<u64, Error> {
+        let mut cmd = redis::cmd("LIMIT");
+        cmd.arg(account).arg(member);
+        match cap {
+            Some((amount, per)) => cmd.arg(amount).arg("PER").arg(per),
+            None => cmd.arg("NONE"),
+        };
+        self.run(cmd, reply::integer).await
+    }
+
+    /// `MEMBERS`: members with a cap, usage or holds this period, by id.
+    pub async fn members(&self, account: &str) -> Result<Vec<Member>, Error> {
+        let mut cmd = redis::cmd("MEMBERS");
+        cmd.arg(account);
+        self.run(cmd, reply::members).await
+    }
+
+    /// `ALERT` (admin): adds a low-balance threshold (`remove` false) or
+    /// deletes one. Returns how many the account has.
+    pub async fn alert(&self, account: &str, threshold: u64, remove: bool) -> Result<u64, Error> {
+        let mut cmd = redis::cmd("ALERT");
+        cmd.arg(account).arg(threshold);
+        if remove {
+            cmd.arg("DEL");
+        }
+        self.run(cmd, reply::integer).await
+    }
+
+    /// `EVENTS AFTER after COUNT count`: the next events, oldest first.
+    pub async fn events(&self, after: u64, count: u32) -> Result<Vec<Event>, Error> {
+        let mut cmd = redis::cmd("EVENTS");
+        cmd.arg("AFTER").arg(after).arg("COUNT").arg(count);
+        self.run(cmd, reply::events).await
     }
 
     /// `PING`: is creditd there (and this connection authenticated, if it

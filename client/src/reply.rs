@@ -90,6 +90,81 @@ pub struct HistoryEntry {
     pub amount: u64,
 }
 
+/// One member of an account (MEMBERS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub member: String,
+    /// The cap per period; `None`: no cap (usage is still counted).
+    pub limit: Option<u64>,
+    /// `day`, `month` or `cycle`: the cap's period.
+    pub per: String,
+    /// Credits debited, captured or committed this period.
+    pub used: u64,
+    /// Credits the member's open holds hold.
+    pub held: u64,
+    /// The end of the period (Unix ms); `None`: no end.
+    pub period_end: Option<u64>,
+}
+
+/// One event (EVENTS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// 1, 2, 3...: resume with `EVENTS AFTER <the last seq handled>`.
+    pub seq: u64,
+    /// Unix ms.
+    pub at: u64,
+    /// `low`, `insufficient` or `limited`.
+    pub kind: String,
+    pub account: String,
+    /// The member, if the event has one.
+    pub member: Option<String>,
+    /// `low`: available after the change; otherwise what was needed.
+    pub value: u64,
+    /// `low`: the threshold crossed.
+    pub threshold: Option<u64>,
+}
+
+pub(crate) fn members(v: Value) -> Result<Vec<Member>, Error> {
+    list(v, "MEMBERS")?
+        .into_iter()
+        .map(|m| {
+            let f = Fields::new(m)?;
+            let period_end = f.u64("period_end")?;
+            Ok(Member {
+                member: f.string("member")?,
+                limit: match f.get("limit")? {
+                    Value::Int(n) if *n < 0 => None,
+                    other => Some(integer(other.clone())?),
+                },
+                per: f.string("per")?,
+                used: f.u64("used")?,
+                held: f.u64("held")?,
+                period_end: (period_end != 0).then_some(period_end),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn events(v: Value) -> Result<Vec<Event>, Error> {
+    list(v, "EVENTS")?
+        .into_iter()
+        .map(|e| {
+            let f = Fields::new(e)?;
+            let member = f.string("member")?;
+            let threshold = f.u64("threshold")?;
+            Ok(Event {
+                seq: f.u64("seq")?,
+                at: f.u64("at")?,
+                kind: f.string("type")?,
+                account: f.string("account")?,
+                member: (!member.is_empty()).then_some(member),
+                value: f.u64("value")?,
+                threshold: (threshold != 0).then_some(threshold),
+            })
+        })
+        .collect()
+}
+
 /// A non-negative integer reply.
 pub(crate) fn integer(v: Value) -> Result<u64, Error> {
     match v {

@@ -740,6 +740,81 @@ async fn typed_tour(srv: &Creditd, resp3: bool) {
         .await
         .unwrap();
     assert_eq!(gateway.balance(a).await.unwrap(), want);
+
+    // Members, alerts and events: the owner (admin) caps, the gateway charges.
+    let m = format!("{p}-studio");
+    let m = m.as_str();
+    let pool = OpId::from("pool");
+    assert_eq!(admin.grant(m, &pool, 1000, &none).await.unwrap(), 1000);
+    assert_eq!(
+        admin.limit(m, "alice", Some((300, "day"))).await.unwrap(),
+        300
+    );
+    assert_eq!(admin.alert(m, 800, false).await.unwrap(), 1);
+    let held = gateway
+        .reserve_for(m, &OpId::new(), Charge::amount(250), ttl, "alice")
+        .await
+        .unwrap();
+    assert_eq!(held, 250);
+    let over = OpId::new();
+    let e = typed_err(
+        srv,
+        Who::Gateway,
+        gateway
+            .debit_for(m, &over, Charge::amount(100), "alice")
+            .await,
+        &["DEBIT", m, over.as_str(), "100", "MEMBER", "alice"],
+    );
+    assert!(
+        matches!(
+            e,
+            Error::Limited {
+                need: 100,
+                remaining: 50
+            }
+        ),
+        "{e:?}"
+    );
+    let members = gateway.members(m).await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let alice = &members[0];
+    assert_eq!(
+        (alice.member.as_str(), alice.limit, alice.per.as_str()),
+        ("alice", Some(300), "day")
+    );
+    assert_eq!((alice.used, alice.held), (0, 250));
+    assert!(alice.period_end.is_some());
+    let events: Vec<_> = gateway
+        .events(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.account == m)
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["low", "limited"], "{events:?}");
+    assert_eq!((events[0].value, events[0].threshold), (750, Some(800)));
+    assert_eq!(events[0].member, None);
+    assert_eq!(
+        (events[1].member.as_deref(), events[1].value),
+        (Some("alice"), 100)
+    );
+    assert!(events[0].seq < events[1].seq);
+    let after = gateway.events(events[1].seq, 10).await.unwrap();
+    assert!(after.iter().all(|e| e.seq > events[1].seq), "{after:?}");
+    let e = typed_err(
+        srv,
+        Who::Gateway,
+        gateway.limit(m, "alice", None).await,
+        &["LIMIT", m, "alice", "NONE"],
+    );
+    assert!(
+        matches!(&e, Error::Auth { code, .. } if code == "NOPERM"),
+        "{e:?}"
+    );
+    assert_eq!(admin.limit(m, "alice", None).await.unwrap(), 0);
+    assert_eq!(admin.alert(m, 800, true).await.unwrap(), 0);
+
     let e = typed_err(
         srv,
         Who::Gateway,
