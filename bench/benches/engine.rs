@@ -1,11 +1,17 @@
 //! Engine benchmarks over 1,000,000 accounts: RESERVE+COMMIT pairs, DEBIT,
-//! BALANCE, priced RESERVE, the expiry sweep; one and two threads; uniform
+//! BALANCE, priced RESERVE, RESERVE+COMMIT with and without MEMBER, the
+//! expiry sweep; one and two threads; uniform
 //! and Zipf (s = 0.99) keys.
 //!
 //! `cargo bench -p creditd-bench --bench engine`
 
-use creditd_bench::{id_into, loaded_engine, reserve, reserve_commit, Keys, ACCOUNTS};
+use creditd_bench::{
+    id_into, loaded_engine, loaded_engine_with, reserve, reserve_commit, reserve_commit_as, Keys,
+    ACCOUNTS,
+};
+use creditd_engine::account::{Cap, Per};
 use creditd_engine::command::{Charge, Mutation};
+use creditd_engine::config::Config;
 use creditd_engine::id::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
@@ -73,6 +79,45 @@ fn single_thread(c: &mut Criterion) {
                 reserve_commit(&engine, account, n, charge);
             })
         });
+    }
+    g.finish();
+}
+
+/// RESERVE+COMMIT pairs with and without `MEMBER` (a member capped per
+/// day, far above what the run spends): what the member check and its
+/// counters cost, in cache (1,000 accounts) and over 1,000,000. Steady
+/// state: a 1 ms idempotency window, so records turn over.
+fn members(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine-members");
+    g.throughput(Throughput::Elements(1));
+    let mut config = Config::builtin();
+    config.settings.idempotency_window_ms = 1;
+    for accounts in [1_000, ACCOUNTS] {
+        let engine = loaded_engine_with(accounts, 1_000_000_000, config.clone());
+        let mut a = [0u8; 32];
+        for i in 0..accounts {
+            let cap = Some(Cap {
+                limit: creditd_engine::MAX_AMOUNT,
+                per: Per::Day,
+            });
+            let limit = Mutation::Limit {
+                member: Bytes(b"alice"),
+                cap,
+            };
+            engine
+                .execute(id_into(&mut a, b"acct:", i), &limit)
+                .expect("limit");
+        }
+        for (name, member) in [("without", None), ("member", Some(&b"alice"[..]))] {
+            let mut keys = Keys::uniform(accounts, 3);
+            g.bench_function(format!("reserve_commit/{accounts}/{name}"), |b| {
+                b.iter(|| {
+                    let account = id_into(&mut a, b"acct:", keys.next_key());
+                    let n = HOLD_SEQ.fetch_add(1, Ordering::Relaxed);
+                    reserve_commit_as(&engine, account, n, Charge::Amount(3), member);
+                })
+            });
+        }
     }
     g.finish();
 }
@@ -152,6 +197,6 @@ fn sweep(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = single_thread, two_threads, sweep
+    targets = single_thread, members, two_threads, sweep
 }
 criterion_main!(benches);

@@ -93,6 +93,19 @@ impl Keys {
 /// RESERVE `charge` on `account` with hold id `h:<n>` (`ttl_ms` None: the default).
 #[inline]
 pub fn reserve(engine: &Engine, account: &[u8], n: u64, charge: Charge, ttl_ms: Option<u64>) {
+    reserve_as(engine, account, n, charge, ttl_ms, None);
+}
+
+/// [`reserve`] charged to `member` too (`MEMBER m`).
+#[inline]
+pub fn reserve_as(
+    engine: &Engine,
+    account: &[u8],
+    n: u64,
+    charge: Charge,
+    ttl_ms: Option<u64>,
+    member: Option<&[u8]>,
+) {
     let mut h = [0u8; 32];
     let hold = id_into(&mut h, b"h:", n);
     engine
@@ -102,7 +115,7 @@ pub fn reserve(engine: &Engine, account: &[u8], n: u64, charge: Charge, ttl_ms: 
                 hold_id: Bytes(hold),
                 charge,
                 ttl_ms,
-                member: None,
+                member: member.map(Bytes),
             },
         )
         .expect("reserve");
@@ -111,7 +124,19 @@ pub fn reserve(engine: &Engine, account: &[u8], n: u64, charge: Charge, ttl_ms: 
 /// RESERVE `charge` on `account` with hold id `h:<n>`, then COMMIT it.
 #[inline]
 pub fn reserve_commit(engine: &Engine, account: &[u8], n: u64, charge: Charge) {
-    reserve(engine, account, n, charge, None);
+    reserve_commit_as(engine, account, n, charge, None);
+}
+
+/// [`reserve_commit`] charged to `member` too.
+#[inline]
+pub fn reserve_commit_as(
+    engine: &Engine,
+    account: &[u8],
+    n: u64,
+    charge: Charge,
+    member: Option<&[u8]>,
+) {
+    reserve_as(engine, account, n, charge, None, member);
     let mut h = [0u8; 32];
     let hold = id_into(&mut h, b"h:", n);
     engine

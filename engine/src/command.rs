@@ -162,9 +162,10 @@ pub enum Record<'a> {
         terms: Terms,
         /// The default hold TTL a RESERVE without TTL got.
         default_ttl_ms: Option<u64>,
-        /// The events this change raised: the first one's sequence number
-        /// and how many (replay raises the same ones again and checks the count).
-        events: EventSeqs,
+        /// The `low` events this change raised. Replay raises them again
+        /// and checks they are these; a record an account already reflects
+        /// (from a snapshot or Redis) restores them from here.
+        events: LowEvents,
     },
     /// The test clock moved to `at_ms` (so a restart never moves it back).
     Clock { at_ms: u64 },
@@ -181,11 +182,42 @@ pub enum Record<'a> {
     },
 }
 
-/// The events one record raised: `count` events numbered from `first`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventSeqs {
+/// The `low` events one change raised: one per threshold crossed, numbered
+/// from `first`, each with `available` after the change as its value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LowEvents {
     pub first: u64,
-    pub count: u32,
+    pub available: u64,
+    pub thresholds: Vec<u64>,
+}
+
+impl LowEvents {
+    pub fn is_empty(&self) -> bool {
+        self.thresholds.is_empty()
+    }
+
+    /// The events, as the log keeps them.
+    pub fn events(
+        &self,
+        account: &[u8],
+        at_ms: u64,
+        journal_seq: u64,
+    ) -> Vec<crate::events::Event> {
+        self.thresholds
+            .iter()
+            .enumerate()
+            .map(|(i, &threshold)| crate::events::Event {
+                seq: self.first + i as u64,
+                at_ms,
+                kind: crate::events::EventKind::Low,
+                account: crate::id::Id::new(account),
+                member: None,
+                value: self.available,
+                threshold,
+                journal_seq,
+            })
+            .collect()
+    }
 }
 
 impl Record<'_> {

@@ -12,9 +12,9 @@
 //! - `recovery`: replay, snapshots, restore;
 //! - `sink`: where journal records go.
 
-use crate::account::{Account, AccountView, Applied, Balance, Ctx, MemberView, RaisedEvents};
+use crate::account::{Account, AccountView, Applied, Balance, Ctx, MemberView};
 use crate::clock::Clock;
-use crate::command::{EventSeqs, Mutation, Record};
+use crate::command::{LowEvents, Mutation, Record};
 use crate::config::Config;
 use crate::error::{Code, EngineError, Result};
 use crate::events::{
@@ -206,8 +206,8 @@ impl Engine {
                 Ok(Applied::Changed(reply)) => reply,
                 Err(e) => return Err(self.refused(acct, step, account, m, e, bounds)),
             };
-            let mut raised = RaisedEvents::new();
-            acct.raise_low(&mut raised);
+            let mut crossed = Vec::new();
+            let available = acct.raise_low(&mut crossed);
             let mut record = Record::Apply {
                 at_ms: step.now_ms,
                 account: Bytes(account),
@@ -217,33 +217,26 @@ impl Engine {
                 plan: resolved.plan.as_deref().map(Cow::Borrowed),
                 terms: limits.terms,
                 default_ttl_ms,
-                events: EventSeqs::default(),
+                events: LowEvents::default(),
             };
-            let seq = if raised.is_empty() {
+            let seq = if crossed.is_empty() {
                 self.journal.append(&mut |buf| record.encode(buf))
             } else {
                 // Numbered and journaled under the log's lock: the journal
                 // holds event-raising records in the order of their numbers.
                 let mut log = self.events.lock();
-                let first = log.next_seq();
+                let low = LowEvents {
+                    first: log.next_seq(),
+                    available,
+                    thresholds: crossed,
+                };
+                let events = low.events(account, step.now_ms, 0);
                 if let Record::Apply { events, .. } = &mut record {
-                    *events = EventSeqs {
-                        first,
-                        count: raised.len() as u32,
-                    };
+                    *events = low;
                 }
                 let seq = self.journal.append(&mut |buf| record.encode(buf));
-                for (i, r) in raised.into_iter().enumerate() {
-                    let event = Event {
-                        seq: first + i as u64,
-                        at_ms: step.now_ms,
-                        kind: r.kind,
-                        account: acct.key.clone(),
-                        member: r.member,
-                        value: r.value,
-                        threshold: r.threshold,
-                        journal_seq: seq,
-                    };
+                for mut event in events {
+                    event.journal_seq = seq;
                     log.push(event, step.now_ms, bounds);
                 }
                 seq

@@ -49,15 +49,6 @@ pub struct Refused<'a> {
     pub need: u64,
 }
 
-/// An event an account raised, before the log numbers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Raised {
-    pub kind: EventKind,
-    pub member: Option<Id>,
-    pub value: u64,
-    pub threshold: u64,
-}
-
 /// One event as EVENTS lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

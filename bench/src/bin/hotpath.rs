@@ -1,11 +1,15 @@
 //! A plain timing loop of RESERVE+COMMIT pairs over 1,000,000 accounts, for
 //! profilers (`perf record`, `valgrind --tool=callgrind`).
 //!
-//! `cargo run --release -p creditd-bench --bin hotpath -- [pairs]`
+//! `cargo run --release -p creditd-bench --bin hotpath -- [pairs] [accounts]`
+//! (`CREDITD_BENCH_WINDOW_MS`, `CREDITD_BENCH_MEMBER`: see below)
 
-use creditd_bench::{id_into, loaded_engine_with, reserve_commit, Keys, ACCOUNTS};
+use creditd_bench::{id_into, loaded_engine_with, reserve_commit_as, Keys, ACCOUNTS};
+use creditd_engine::account::{Cap, Per};
 use creditd_engine::command::Charge;
+use creditd_engine::command::Mutation;
 use creditd_engine::config::Config;
+use creditd_engine::id::Bytes;
 /// mimalloc for the engine microbenchmarks (the server binary uses the
 /// system allocator: see docs/PERFORMANCE.md, "Allocator").
 #[global_allocator]
@@ -32,12 +36,30 @@ fn main() {
         config.settings.idempotency_window_ms = ms;
     }
     let engine = loaded_engine_with(accounts, 1_000_000_000, config);
-    let mut keys = Keys::uniform(accounts, 1);
     let mut a = [0u8; 32];
+    // CREDITD_BENCH_MEMBER=<id>: every pair charges that member too, capped
+    // per day far above what the run spends (what MEMBER costs).
+    let member = std::env::var("CREDITD_BENCH_MEMBER").ok();
+    if let Some(m) = &member {
+        let cap = Some(Cap {
+            limit: creditd_engine::MAX_AMOUNT,
+            per: Per::Day,
+        });
+        for i in 0..accounts {
+            let limit = Mutation::Limit {
+                member: Bytes(m.as_bytes()),
+                cap,
+            };
+            let account = id_into(&mut a, b"acct:", i);
+            engine.execute(account, &limit).expect("limit");
+        }
+    }
+    let member = member.as_deref().map(str::as_bytes);
+    let mut keys = Keys::uniform(accounts, 1);
     let started = Instant::now();
     for n in 0..pairs {
         let account = id_into(&mut a, b"acct:", keys.next_key());
-        reserve_commit(&engine, account, n, Charge::Amount(3));
+        reserve_commit_as(&engine, account, n, Charge::Amount(3), member);
     }
     let elapsed = started.elapsed();
     // Not dropped: freeing millions of records would dominate a profile.

@@ -11,7 +11,7 @@
 
 use super::{Account, Applied, Ctx};
 use crate::error::{EngineError, Result};
-use crate::events::{EventKind, Raised};
+use crate::events::EventKind;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -35,9 +35,6 @@ pub struct Alerts {
     /// When the last `insufficient` event was raised.
     pub insufficient_event_ms: Option<u64>,
 }
-
-/// Events one change raised (at most one per threshold).
-pub type RaisedEvents = SmallVec<[Raised; 1]>;
 
 impl Account {
     /// ALERT: adds a threshold (`remove` false) or deletes one. Replies how
@@ -82,26 +79,23 @@ impl Account {
     }
 
     /// Looks at every threshold after a change: fires those `available`
-    /// fell below, arms those it is at or above.
+    /// fell below (their thresholds go to `crossed`), arms those it is at
+    /// or above. Returns `available`, the events' value.
     #[inline]
-    pub(crate) fn raise_low(&mut self, out: &mut RaisedEvents) {
-        let Some(alerts) = self.alerts.as_mut() else {
-            return;
-        };
+    pub(crate) fn raise_low(&mut self, crossed: &mut Vec<u64>) -> u64 {
         let available = self.bal.available;
+        let Some(alerts) = self.alerts.as_mut() else {
+            return available;
+        };
         for t in alerts.thresholds.iter_mut() {
             if available >= t.at {
                 t.armed = true;
             } else if t.armed {
                 t.armed = false;
-                out.push(Raised {
-                    kind: EventKind::Low,
-                    member: None,
-                    value: available,
-                    threshold: t.at,
-                });
+                crossed.push(t.at);
             }
         }
+        available
     }
 
     /// Stamps an `insufficient` event unless one was raised less than

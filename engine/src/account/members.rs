@@ -11,6 +11,7 @@
 //! time the member is touched, which is a function of the account's state
 //! and the instant alone, so replay rolls the same way.
 
+use super::plans::Subscription;
 use super::{Account, Applied, Ctx};
 use crate::bucket::NEVER;
 use crate::calendar::{cycle_bounds, Period};
@@ -115,37 +116,47 @@ pub struct MemberView {
     pub period_end_ms: u64,
 }
 
-impl Account {
-    /// The `(start, end)` of each period at `now_ms`.
-    fn periods_at(&self, now_ms: u64) -> [(u64, u64); 3] {
+/// The UTC calendar month containing `now_ms` (a monthly cycle anchored at 0).
+fn month_at(now_ms: u64) -> (u64, u64) {
+    cycle_bounds(0, Period::Month, now_ms).map_or((0, NEVER), |(_, s, e)| (s, e))
+}
+
+/// The account's billing cycle if one covers `now_ms`.
+fn cycle_at(sub: Option<&Subscription>, now_ms: u64) -> Option<(u64, u64)> {
+    sub.filter(|s| s.cycle_start_ms <= now_ms && now_ms < s.cycle_end_ms)
+        .map(|s| (s.cycle_start_ms, s.cycle_end_ms))
+}
+
+impl Member {
+    /// Brings each counter to the period containing `now_ms`: one whose
+    /// period changed starts again from 0. Cheap when nothing changed (the
+    /// hot path): the calendar month is computed only once `now_ms` leaves
+    /// the one kept.
+    fn roll(&mut self, sub: Option<&Subscription>, now_ms: u64) {
         let day_start = now_ms - now_ms % DAY_MS;
         let day = (day_start, day_start.saturating_add(DAY_MS));
-        // Calendar months are the cycles of a monthly plan anchored at 0.
-        let month = cycle_bounds(0, Period::Month, now_ms).map_or((0, NEVER), |(_, s, e)| (s, e));
-        let cycle = match self.subscription.as_deref() {
-            Some(s) if s.cycle_start_ms <= now_ms && now_ms < s.cycle_end_ms => {
-                (s.cycle_start_ms, s.cycle_end_ms)
-            }
-            _ => month,
+        let (start, end) = self.periods[Per::Month.index()];
+        let month = if start <= now_ms && now_ms < end {
+            (start, end)
+        } else {
+            month_at(now_ms)
         };
-        [day, month, cycle]
-    }
-
-    /// Starts each counter of `member` whose period has ended again from 0.
-    fn roll(periods: [(u64, u64); 3], member: &mut Member) {
-        for (i, period) in periods.into_iter().enumerate() {
-            if member.periods[i] != period {
-                member.periods[i] = period;
-                member.used[i] = 0;
+        let cycle = cycle_at(sub, now_ms).unwrap_or(month);
+        for (i, period) in [day, month, cycle].into_iter().enumerate() {
+            if self.periods[i] != period {
+                self.periods[i] = period;
+                self.used[i] = 0;
             }
         }
     }
+}
 
+impl Account {
     /// A member's entry, rolled to `now_ms`, if it exists.
     fn member_mut(&mut self, member: &[u8], now_ms: u64) -> Option<&mut Member> {
-        let periods = self.periods_at(now_ms);
+        let sub = self.subscription.as_deref();
         let entry = self.members.as_mut()?.get_mut(member)?;
-        Self::roll(periods, entry);
+        entry.roll(sub, now_ms);
         Some(entry)
     }
 
@@ -182,7 +193,7 @@ impl Account {
 
     /// Forgets members with no cap, nothing held and nothing used this period.
     fn prune_idle_members(&mut self, now_ms: u64) {
-        let periods = self.periods_at(now_ms);
+        let sub = self.subscription.as_deref();
         let Some(members) = self.members.as_mut() else {
             return;
         };
@@ -190,7 +201,7 @@ impl Account {
             .iter()
             .filter(|(_, m)| {
                 let mut m = (*m).clone();
-                Self::roll(periods, &mut m);
+                m.roll(sub, now_ms);
                 m.is_idle()
             })
             .map(|(id, _)| id.clone())
@@ -205,13 +216,13 @@ impl Account {
 
     /// Counts a charge of `member` (checked before): `used` and `held` grow.
     pub(crate) fn charge_member(&mut self, member: &Id, now_ms: u64, used: u64, held: u64) {
-        let periods = self.periods_at(now_ms);
+        let sub = self.subscription.as_deref();
         let members = self.members.get_or_insert_with(Default::default);
         if !members.contains_key(member.as_bytes()) {
             members.insert(member.clone(), Member::default());
         }
         let entry = members.get_mut(member.as_bytes()).expect("inserted");
-        Self::roll(periods, entry);
+        entry.roll(sub, now_ms);
         for u in entry.used.iter_mut() {
             *u = u.saturating_add(used);
         }
@@ -272,7 +283,7 @@ impl Account {
     /// period, ordered by id, as of the latest instant the account has seen
     /// (a read brings it up to now first).
     pub fn members_view(&self) -> Vec<MemberView> {
-        let periods = self.periods_at(self.last_now_ms);
+        let (sub, now_ms) = (self.subscription.as_deref(), self.last_now_ms);
         let Some(members) = self.members.as_ref() else {
             return Vec::new();
         };
@@ -280,10 +291,10 @@ impl Account {
             .iter()
             .filter_map(|(id, m)| {
                 let mut m = m.clone();
-                Self::roll(periods, &mut m);
+                m.roll(sub, now_ms);
                 let per = m.per();
                 let shown = m.cap.is_some() || m.used() > 0 || m.held > 0;
-                let end = periods[per.index()].1;
+                let end = m.periods[per.index()].1;
                 shown.then(|| MemberView {
                     member: id.clone(),
                     limit: m.cap.map(|c| c.limit),

@@ -34,7 +34,7 @@ pub mod plans;
 mod time;
 mod view;
 
-pub use alerts::{Alerts, RaisedEvents, MAX_ALERTS};
+pub use alerts::{Alerts, MAX_ALERTS};
 pub use idempotency::{Done, GrantArgs, Recall};
 pub use members::{Cap, Member, MemberView, Members, Per};
 pub use view::{AccountView, Balance, HoldView};

@@ -5,10 +5,10 @@
 use super::apply::{apply, reserve_ttl_ms, sku_of, Resolved};
 use super::shard::Find;
 use super::Engine;
-use crate::account::{Account, Applied, Ctx, Limits, RaisedEvents};
+use crate::account::{Account, Applied, Ctx, Limits};
 use crate::bucket::NEVER;
 use crate::command::{decode_record, Mutation, Record};
-use crate::events::{refusal_event, Event, EventLog, Refused, REFUSAL_EVENT_INTERVAL_MS};
+use crate::events::{refusal_event, EventLog, Refused, REFUSAL_EVENT_INTERVAL_MS};
 use crate::id::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -64,16 +64,22 @@ impl Engine {
                 .zip(price.map(|p| Arc::new(p.into_owned()))),
             plan: plan.map(|p| Arc::new(p.into_owned())),
         };
+        let bounds = self.catalog().event_bounds;
         let mut shard = self.shard_of(account.0).lock();
         if shard
             .accounts
             .get(account.0)
             .is_some_and(|a| seq <= a.applied_seq)
         {
+            // The account (from a snapshot or Redis) reflects the change;
+            // its events come from the record (the log skips known ones).
+            let mut log = self.events.lock();
+            for event in events.events(account.0, at_ms, 0) {
+                log.push(event, at_ms, bounds);
+            }
             return Ok(at_ms);
         }
         let find = Find::OrCreateUnbounded(&self.accounts);
-        let bounds = self.catalog().event_bounds;
         let replayed = shard.visit(account.0, Some(at_ms), find, |acct, step| {
             let ctx = Ctx {
                 now_ms: step.now_ms,
@@ -90,28 +96,20 @@ impl Engine {
                 }
                 Err(e) => return Err(format!("record {seq} ({}) failed on replay: {e}", m.name())),
             }
-            let mut raised = RaisedEvents::new();
-            acct.raise_low(&mut raised);
-            if raised.len() != events.count as usize {
+            let mut crossed = Vec::new();
+            let available = acct.raise_low(&mut crossed);
+            let same = crossed == events.thresholds
+                && (crossed.is_empty() || available == events.available);
+            if !same {
                 return Err(format!(
-                    "record {seq} ({}) raised {} events on replay, {} when it was made",
+                    "record {seq} ({}) raised low events for {crossed:?} at {available} on replay, for {:?} at {} when it was made",
                     m.name(),
-                    raised.len(),
-                    events.count
+                    events.thresholds,
+                    events.available
                 ));
             }
             let mut log = self.events.lock();
-            for (i, r) in raised.into_iter().enumerate() {
-                let event = Event {
-                    seq: events.first + i as u64,
-                    at_ms: step.now_ms,
-                    kind: r.kind,
-                    account: acct.key.clone(),
-                    member: r.member,
-                    value: r.value,
-                    threshold: r.threshold,
-                    journal_seq: 0,
-                };
+            for event in events.events(account.0, step.now_ms, 0) {
                 log.push(event, step.now_ms, bounds);
             }
             drop(log);
@@ -138,6 +136,9 @@ impl Engine {
         let mut shard = self.shard_of(account).lock();
         let replayed = shard.visit(account, Some(at_ms), Find::Existing, |acct, step| {
             if seq <= acct.applied_seq {
+                // The account reflects the refusal's stamp; the event is the record's.
+                let event = refusal_event(account, at_ms, refused, event_seq);
+                self.events.lock().push(event, at_ms, bounds);
                 return Ok(());
             }
             let member = refused.member.map(|m| m.0);
