@@ -16,6 +16,7 @@ use super::{Account, Applied, Ctx};
 use crate::bucket::NEVER;
 use crate::calendar::{cycle_bounds, Period};
 use crate::error::{EngineError, Result};
+use crate::events::REFUSAL_EVENT_INTERVAL_MS;
 use crate::id::Id;
 use crate::smallmap::SmallMap;
 use serde::{Deserialize, Serialize};
@@ -95,9 +96,19 @@ impl Member {
         })
     }
 
-    /// Nothing worth keeping: no cap, nothing held, nothing used.
-    fn is_idle(&self) -> bool {
-        self.cap.is_none() && self.held == 0 && self.used.iter().all(|&u| u == 0)
+    /// Nothing worth keeping: no cap, nothing held, nothing used, and no
+    /// `limited` stamp still in force at `now_ms`.
+    // FIX (tests/members_model.rs `refusal_events_come_once_a_minute_and_only_for_accounts_that_exist`):
+    // the stamp lives in the entry, so forgetting an idle member forgot it
+    // too: LIMIT m NONE then LIMIT m again let m's next refusal raise a
+    // second `limited` event within the minute.
+    fn is_idle(&self, now_ms: u64) -> bool {
+        self.cap.is_none()
+            && self.held == 0
+            && self.used.iter().all(|&u| u == 0)
+            && self
+                .limited_event_ms
+                .is_none_or(|at| now_ms >= at.saturating_add(REFUSAL_EVENT_INTERVAL_MS))
     }
 }
 
@@ -191,18 +202,30 @@ impl Account {
         )))
     }
 
-    /// Forgets members with no cap, nothing held and nothing used this period.
+    /// Forgets members with no cap, nothing held and nothing used this
+    /// period, except those an open hold names.
+    // FIX (tests/members_model.rs `an_open_hold_keeps_its_member_even_when_it_holds_nothing`):
+    // a hold of 0 credits (RESERVE 0 MEMBER m) leaves m idle, and
+    // forgetting m broke "every member an open hold names has an entry":
+    // the hold's RELEASE, COMMIT or expiry then panicked in
+    // `settle_member`, and `Account::check` refused the account at recovery.
     fn prune_idle_members(&mut self, now_ms: u64) {
         let sub = self.subscription.as_deref();
         let Some(members) = self.members.as_mut() else {
             return;
         };
+        let mut named: Vec<&Id> = self
+            .holds
+            .values()
+            .filter_map(|h| h.member.as_ref())
+            .collect();
+        named.sort_unstable();
         let idle: Vec<Id> = members
             .iter()
-            .filter(|(_, m)| {
+            .filter(|(id, m)| {
                 let mut m = (*m).clone();
                 m.roll(sub, now_ms);
-                m.is_idle()
+                m.is_idle(now_ms) && named.binary_search(id).is_err()
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -258,7 +281,7 @@ impl Account {
         let entry = self.member_mut(member, ctx.now_ms).expect("exists");
         entry.cap = cap;
         let remaining = entry.remaining().unwrap_or(0);
-        if entry.is_idle() {
+        if entry.is_idle(ctx.now_ms) {
             self.prune_idle_members(ctx.now_ms);
         }
         Ok(Applied::Changed(remaining))
