@@ -1,5 +1,6 @@
 //! The command line: its flags, their checks, and the run described in words.
 
+use crate::members::CapPer;
 use crate::workload::{KeyDist, WorkloadKind};
 use clap::{Parser, ValueEnum};
 
@@ -72,10 +73,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     pub warmup: f64,
 
+    /// What each connection sends.
     #[arg(long, value_enum, default_value = "reserve")]
     pub workload: WorkloadKind,
 
-    /// Number of accounts; each gets --grant credits before the run.
+    /// Number of accounts; each gets --grant credits before the run (--pool
+    /// with --workload members).
     #[arg(long, default_value_t = 10_000)]
     pub accounts: u32,
 
@@ -110,6 +113,30 @@ pub struct Args {
     #[arg(long, default_value_t = 900_000)]
     pub default_ttl_ms: u64,
 
+    /// --workload members: members per account (m0 spends heavily and meets its cap).
+    #[arg(long, default_value_t = 4)]
+    pub members: u32,
+
+    /// --workload members: every member's cap (LIMIT account member CAP PER ...).
+    #[arg(long, default_value_t = 20_000)]
+    pub member_cap: u64,
+
+    /// --workload members: the period the caps count over.
+    #[arg(long, value_enum, default_value = "day")]
+    pub member_per: CapPer,
+
+    /// --workload members: credits each account's pool starts with, and each
+    /// top-up GRANT adds when `available` falls below the lowest alert
+    /// (--grant does not apply to this workload).
+    #[arg(long, default_value_t = 10_000)]
+    pub pool: u64,
+
+    /// --workload members: low-balance thresholds set with ALERT on every
+    /// account, comma-separated, each at most --pool, at most 8 (default: a
+    /// half, a quarter and a tenth of --pool).
+    #[arg(long, value_delimiter = ',')]
+    pub alerts: Vec<u64>,
+
     /// Prefix of every id of this run (default: unique per run, so runs never collide).
     #[arg(long)]
     pub run_prefix: Option<String>,
@@ -130,7 +157,8 @@ pub struct Args {
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
 
-    /// At the end, check every touched account against the client's ledger.
+    /// At the end, check every touched account against the client's ledger
+    /// (with --workload members: also every member's cap and the events).
     #[arg(long)]
     pub verify: bool,
 
@@ -161,10 +189,7 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
 
 /// What the run does, in words, for the line printed at its start.
 pub fn describe(args: &Args) -> String {
-    let workload = match args.workload {
-        WorkloadKind::Reserve => "reserve",
-        WorkloadKind::Mix => "mix",
-    };
+    let workload = args.workload.name();
     let mode = match args.mode {
         ModeArg::Closed => "closed loop".to_string(),
         ModeArg::Open => format!("open loop at {} requests/s", args.rate.unwrap_or(0.0)),
@@ -235,7 +260,60 @@ pub fn check(a: &Args) -> Result<(), String> {
     if !(a.timeout > 0.0 && a.drain >= 0.0) {
         return Err("--timeout must be > 0 and --drain >= 0".into());
     }
+    if a.workload == WorkloadKind::Members {
+        check_members(a)?;
+    }
     Ok(())
+}
+
+/// The members workload's flags.
+fn check_members(a: &Args) -> Result<(), String> {
+    const MAX_AMOUNT: u64 = 1_000_000_000_000_000;
+    if a.target != Target::Creditd {
+        return Err(
+            "--workload members runs against creditd only (the Lua model has no members)".into(),
+        );
+    }
+    if (a.accounts as usize) < a.connections {
+        return Err(format!(
+            "--workload members drives each account from one connection: --accounts ({}) \
+             must be at least --connections ({})",
+            a.accounts, a.connections
+        ));
+    }
+    if !(1..=1000).contains(&a.members) {
+        return Err("--members must be 1 to 1000".into());
+    }
+    if a.member_cap == 0 || a.member_cap > MAX_AMOUNT {
+        return Err("--member-cap must be 1 to 10^15".into());
+    }
+    if a.pool == 0 || a.pool > MAX_AMOUNT / 1000 {
+        return Err("--pool must be 1 to 10^12".into());
+    }
+    let alerts = alert_thresholds(a);
+    if alerts.is_empty() || alerts.len() > 8 {
+        return Err("--alerts: 1 to 8 thresholds (the server keeps at most 8)".into());
+    }
+    if alerts.iter().any(|&t| t == 0 || t > a.pool) {
+        return Err(format!(
+            "--alerts: each threshold 1 to --pool ({}), so a top-up arms them all again",
+            a.pool
+        ));
+    }
+    Ok(())
+}
+
+/// The members workload's thresholds: `--alerts`, or the default for `--pool`;
+/// ascending, each once.
+pub fn alert_thresholds(a: &Args) -> Vec<u64> {
+    let mut t = if a.alerts.is_empty() {
+        crate::members::MembersCfg::default_thresholds(a.pool)
+    } else {
+        a.alerts.clone()
+    };
+    t.sort_unstable();
+    t.dedup();
+    t
 }
 
 #[cfg(test)]

@@ -5,17 +5,22 @@
 mod args;
 mod client;
 mod conn;
+mod ledger;
+mod members;
 mod ops;
 mod report;
 mod resp;
 mod verify;
 mod workload;
 
-use args::{check, describe, Args, ModeArg, Target};
+use args::{alert_thresholds, check, describe, Args, ModeArg, Target};
 use clap::Parser;
 use client::{Auth, Endpoint};
 use conn::{ConnCfg, Mode, Progress, Stats};
 use indicatif::{ProgressBar, ProgressStyle};
+use ledger::Ledger;
+use members::traffic::MembersLedger;
+use members::MembersCfg;
 use ops::{lua, Op, Shas, Speller, TargetKind};
 use report::{Report, RunConfig};
 use resp::Reply;
@@ -25,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use workload::{Generator, KeyDist, Ledger, WorkloadCfg, WorkloadKind};
+use workload::{Generator, KeyDist, WorkloadCfg, WorkloadKind};
 
 fn main() -> ExitCode {
     // Bad arguments exit 64 (clap's own code, 2, means verify mismatches here).
@@ -166,6 +171,35 @@ async fn grant_all(
     Ok(())
 }
 
+/// The members workload's setup from the flags (`None` for other workloads).
+fn members_cfg(args: &Args) -> Option<MembersCfg> {
+    (args.workload == WorkloadKind::Members).then(|| MembersCfg {
+        members: args.members,
+        cap: args.member_cap,
+        per: args.member_per,
+        pool: args.pool,
+        thresholds: alert_thresholds(args),
+        accounts: args.accounts,
+        connections: args.connections as u32,
+        keys: args.keys,
+        zipf_s: args.zipf_s,
+        period_ends: None,
+    })
+}
+
+/// When the caps' period ends (Unix ms, 0: never), as an instant two seconds
+/// early: the client's and the server's clocks may differ a little.
+fn period_ends(period_end_ms: u64) -> Option<Instant> {
+    if period_end_ms == 0 {
+        return None;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let left = period_end_ms.saturating_sub(now_ms).saturating_sub(2_000);
+    Some(Instant::now() + Duration::from_millis(left))
+}
+
 async fn run(args: Args) -> Result<u8, String> {
     let timeout = Duration::from_secs_f64(args.timeout);
     if !args.quiet {
@@ -180,7 +214,14 @@ async fn run(args: Args) -> Result<u8, String> {
     };
     let speller = prepare(&args, &endpoint, timeout).await?;
     let t0 = Instant::now();
-    grant_all(&args, &endpoint, &speller, timeout).await?;
+    let mut members_cfg = members_cfg(&args);
+    let members_setup = match &members_cfg {
+        Some(cfg) => Some(members::setup::setup(cfg, &endpoint, &speller, timeout).await?),
+        None => {
+            grant_all(&args, &endpoint, &speller, timeout).await?;
+            None
+        }
+    };
     let grant_s = t0.elapsed().as_secs_f64();
 
     let duration = match (args.duration, args.requests) {
@@ -188,12 +229,25 @@ async fn run(args: Args) -> Result<u8, String> {
         (None, Some(_)) => 86_400.0,
         (None, None) => 10.0,
     };
-    if !args.quiet {
+    let prefix = String::from_utf8_lossy(&speller.prefix).into_owned();
+    if let (Some(cfg), Some(setup)) = (members_cfg.as_mut(), members_setup) {
+        cfg.period_ends = period_ends(setup.period_end_ms);
+        if !args.quiet {
+            eprintln!(
+                "creditd-loadtest: set up {} accounts in {grant_s:.2} s: a pool of {} credits, \
+                 {} members capped at {} per {}, alerts below {:?}; ids start with {prefix}",
+                args.accounts,
+                cfg.pool,
+                cfg.members,
+                cfg.cap,
+                cfg.per.word(),
+                cfg.thresholds,
+            );
+        }
+    } else if !args.quiet {
         eprintln!(
-            "creditd-loadtest: granted {} credits to each of {} accounts in {grant_s:.2} s; ids start with {}",
-            args.grant,
-            args.accounts,
-            String::from_utf8_lossy(&speller.prefix)
+            "creditd-loadtest: granted {} credits to each of {} accounts in {grant_s:.2} s; ids start with {prefix}",
+            args.grant, args.accounts,
         );
     }
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
@@ -216,6 +270,7 @@ async fn run(args: Args) -> Result<u8, String> {
         abandon_ttl_ms: args.abandon_ttl_ms,
         default_ttl_ms: args.default_ttl_ms,
         verify: args.verify,
+        members: members_cfg.clone(),
     };
     let progress = Arc::new(Progress::default());
     let n = args.connections;
@@ -304,11 +359,15 @@ async fn run(args: Args) -> Result<u8, String> {
 
     let mut stats = Stats::new();
     let mut ledger = Ledger::default();
+    let mut members_ledger = MembersLedger::default();
     let mut dropped = 0;
     let mut errors = Vec::new();
     for (i, t) in tasks.into_iter().enumerate() {
-        let r = t.await.map_err(|e| format!("connection task: {e}"))?;
+        let mut r = t.await.map_err(|e| format!("connection task: {e}"))?;
         stats.merge(&r.stats);
+        if let Some(m) = r.gen.take_members() {
+            members_ledger.merge(m);
+        }
         ledger.merge(r.gen.ledger);
         dropped += r.dropped;
         if let Some(e) = r.error {
@@ -341,11 +400,7 @@ async fn run(args: Args) -> Result<u8, String> {
             ModeArg::Open => "open",
         }
         .into(),
-        workload: match args.workload {
-            WorkloadKind::Reserve => "reserve",
-            WorkloadKind::Mix => "mix",
-        }
-        .into(),
+        workload: args.workload.name().into(),
         connections: n,
         pipeline: args.pipeline,
         rate: args.rate.filter(|_| args.mode == ModeArg::Open),
@@ -372,13 +427,27 @@ async fn run(args: Args) -> Result<u8, String> {
         args.max_error_rate,
     );
     if args.verify {
-        if !args.quiet {
-            eprintln!(
-                "creditd-loadtest: verifying {} accounts...",
-                ledger.touched.len()
-            );
-        }
-        let v = verify::verify(&endpoint, &speller, ledger, args.grant, timeout).await?;
+        let v = match (&members_cfg, members_setup) {
+            (Some(cfg), Some(setup)) => {
+                if !args.quiet {
+                    eprintln!(
+                        "creditd-loadtest: verifying {} accounts, their members and the events after {}...",
+                        cfg.accounts, setup.after_seq
+                    );
+                }
+                let (after, ledger) = (setup.after_seq, members_ledger);
+                members::verify::verify(cfg, &endpoint, &speller, ledger, after, timeout).await?
+            }
+            _ => {
+                if !args.quiet {
+                    eprintln!(
+                        "creditd-loadtest: verifying {} accounts...",
+                        ledger.touched.len()
+                    );
+                }
+                verify::verify(&endpoint, &speller, ledger, args.grant, timeout).await?
+            }
+        };
         report.verify = Some(v);
     }
     print!("{}", report.table());

@@ -21,6 +21,8 @@ pub enum Op {
         hold: OpId,
         amount: u64,
         ttl_ms: Option<u64>,
+        /// `MEMBER m<k>`: the member the hold charges (creditd only).
+        member: Option<u32>,
     },
     Capture {
         acct: u32,
@@ -40,9 +42,18 @@ pub enum Op {
         acct: u32,
         id: OpId,
         amount: u64,
+        /// `MEMBER m<k>`: the member the debit charges (creditd only).
+        member: Option<u32>,
     },
     Balance {
         acct: u32,
+    },
+    /// A GRANT with an id of its own: the members workload tops pools up
+    /// during the run (the setup's [`Op::Grant`] has one id per account).
+    TopUp {
+        acct: u32,
+        id: OpId,
+        amount: u64,
     },
 }
 
@@ -93,7 +104,7 @@ impl Kind {
 impl Op {
     pub fn kind(&self) -> Kind {
         match self {
-            Op::Grant { .. } => Kind::Grant,
+            Op::Grant { .. } | Op::TopUp { .. } => Kind::Grant,
             Op::Reserve { .. } => Kind::Reserve,
             Op::Capture { .. } => Kind::Capture,
             Op::Commit { .. } => Kind::Commit,
@@ -111,7 +122,8 @@ impl Op {
             | Op::Commit { acct, .. }
             | Op::Release { acct, .. }
             | Op::Debit { acct, .. }
-            | Op::Balance { acct } => acct,
+            | Op::Balance { acct }
+            | Op::TopUp { acct, .. } => acct,
         }
     }
 }
@@ -121,19 +133,31 @@ impl Op {
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let id = |tag: char, i: OpId| format!("{tag}{}.{}", i.conn, i.seq);
+        let member = |f: &mut std::fmt::Formatter<'_>, m: Option<u32>| match m {
+            Some(m) => write!(f, " MEMBER m{m}"),
+            None => Ok(()),
+        };
         match *self {
             Op::Grant { acct, amount } => write!(f, "GRANT a{acct} g{acct} {amount}"),
+            Op::TopUp {
+                acct,
+                id: g,
+                amount,
+            } => {
+                write!(f, "GRANT a{acct} {} {amount}", id('g', g))
+            }
             Op::Reserve {
                 acct,
                 hold,
                 amount,
                 ttl_ms,
+                member: m,
             } => {
                 write!(f, "RESERVE a{acct} {} {amount}", id('h', hold))?;
-                match ttl_ms {
-                    Some(ttl) => write!(f, " TTL {ttl}"),
-                    None => Ok(()),
+                if let Some(ttl) = ttl_ms {
+                    write!(f, " TTL {ttl}")?;
                 }
+                member(f, m)
             }
             Op::Capture { acct, hold, total } => {
                 write!(f, "CAPTURE a{acct} {} {total}", id('h', hold))
@@ -150,7 +174,11 @@ impl std::fmt::Display for Op {
                 acct,
                 id: debit,
                 amount,
-            } => write!(f, "DEBIT a{acct} {} {amount}", id('d', debit)),
+                member: m,
+            } => {
+                write!(f, "DEBIT a{acct} {} {amount}", id('d', debit))?;
+                member(f, m)
+            }
             Op::Balance { acct } => write!(f, "BALANCE a{acct}"),
         }
     }
@@ -240,13 +268,26 @@ impl Speller {
                 e.bulk_parts(&[Part::Bytes(p), Part::Bytes(b"g"), Part::Num(a as u64)]);
                 e.bulk_u64(amount);
             }
+            Op::TopUp {
+                acct: a,
+                id: g,
+                amount,
+            } => {
+                e.array(4);
+                e.bulk(b"GRANT");
+                e.bulk_parts(&acct(a));
+                e.bulk_parts(&id(b"g", g));
+                e.bulk_u64(amount);
+            }
             Op::Reserve {
                 acct: a,
                 hold,
                 amount,
                 ttl_ms,
+                member,
             } => {
-                e.array(if ttl_ms.is_some() { 6 } else { 4 });
+                let options = 2 * (usize::from(ttl_ms.is_some()) + usize::from(member.is_some()));
+                e.array(4 + options);
                 e.bulk(b"RESERVE");
                 e.bulk_parts(&acct(a));
                 e.bulk_parts(&id(b"h", hold));
@@ -254,6 +295,10 @@ impl Speller {
                 if let Some(ttl) = ttl_ms {
                     e.bulk(b"TTL");
                     e.bulk_u64(ttl);
+                }
+                if let Some(m) = member {
+                    e.bulk(b"MEMBER");
+                    e.bulk_parts(&[Part::Bytes(b"m"), Part::Num(m as u64)]);
                 }
             }
             Op::Capture {
@@ -290,12 +335,17 @@ impl Speller {
                 acct: a,
                 id: d,
                 amount,
+                member,
             } => {
-                e.array(4);
+                e.array(if member.is_some() { 6 } else { 4 });
                 e.bulk(b"DEBIT");
                 e.bulk_parts(&acct(a));
                 e.bulk_parts(&id(b"d", d));
                 e.bulk_u64(amount);
+                if let Some(m) = member {
+                    e.bulk(b"MEMBER");
+                    e.bulk_parts(&[Part::Bytes(b"m"), Part::Num(m as u64)]);
+                }
             }
             Op::Balance { acct: a } => {
                 e.array(2);
@@ -307,6 +357,8 @@ impl Speller {
 
     /// `EVALSHA sha nkeys cd:{acct} cd:{acct}:<h|d|g>:<id> cd:{acct}:hz args...`
     /// (the account in a hash tag, so every key of an account shares a slot).
+    /// The Lua model has no members: the members workload runs against
+    /// creditd only (the command line refuses it with `--target redis-lua`).
     fn encode_lua(&self, e: &mut Encoder, op: &Op) {
         let p = &self.prefix[..];
         let sha = |i: usize| self.shas.0[i].as_bytes();
@@ -375,6 +427,7 @@ impl Speller {
                 hold,
                 amount,
                 ttl_ms,
+                ..
             } => {
                 head(e, 1, 3, a, &sub(a, b"h", hold));
                 e.bulk_u64(amount);
@@ -413,8 +466,17 @@ impl Speller {
                 acct: a,
                 id: d,
                 amount,
+                ..
             } => {
                 head(e, 5, 1, a, &sub(a, b"d", d));
+                e.bulk_u64(amount);
+            }
+            Op::TopUp {
+                acct: a,
+                id: g,
+                amount,
+            } => {
+                head(e, 0, 1, a, &sub(a, b"g", g));
                 e.bulk_u64(amount);
             }
             Op::Balance { acct: a } => {
@@ -451,6 +513,7 @@ mod tests {
             hold: OpId { conn: 2, seq: 15 },
             amount: 3,
             ttl_ms: Some(250),
+            member: None,
         };
         assert_eq!(
             spell(TargetKind::Creditd, op),
@@ -465,6 +528,7 @@ mod tests {
             hold: OpId { conn: 2, seq: 15 },
             amount: 3,
             ttl_ms: Some(250),
+            member: None,
         };
         assert_eq!(op.to_string(), "RESERVE a7 h2.15 3 TTL 250");
         let op = Op::Commit {
@@ -473,6 +537,46 @@ mod tests {
             total: None,
         };
         assert_eq!(op.to_string(), "COMMIT a7 h2.15");
+    }
+
+    #[test]
+    fn creditd_member_charges() {
+        let hold = OpId { conn: 2, seq: 15 };
+        let op = Op::Reserve {
+            acct: 7,
+            hold,
+            amount: 3,
+            ttl_ms: Some(250),
+            member: Some(4),
+        };
+        assert_eq!(op.to_string(), "RESERVE a7 h2.15 3 TTL 250 MEMBER m4");
+        assert_eq!(
+            spell(TargetKind::Creditd, op),
+            "*8\r\n$7\r\nRESERVE\r\n$5\r\nr1:a7\r\n$8\r\nr1:h2.15\r\n$1\r\n3\r\n\
+             $3\r\nTTL\r\n$3\r\n250\r\n$6\r\nMEMBER\r\n$2\r\nm4\r\n"
+        );
+        let op = Op::Debit {
+            acct: 7,
+            id: hold,
+            amount: 9,
+            member: Some(0),
+        };
+        assert_eq!(op.to_string(), "DEBIT a7 d2.15 9 MEMBER m0");
+        assert_eq!(
+            spell(TargetKind::Creditd, op),
+            "*6\r\n$5\r\nDEBIT\r\n$5\r\nr1:a7\r\n$8\r\nr1:d2.15\r\n$1\r\n9\r\n\
+             $6\r\nMEMBER\r\n$2\r\nm0\r\n"
+        );
+        let op = Op::TopUp {
+            acct: 7,
+            id: hold,
+            amount: 100,
+        };
+        assert_eq!(op.to_string(), "GRANT a7 g2.15 100");
+        assert_eq!(
+            spell(TargetKind::Creditd, op),
+            "*4\r\n$5\r\nGRANT\r\n$5\r\nr1:a7\r\n$8\r\nr1:g2.15\r\n$3\r\n100\r\n"
+        );
     }
 
     #[test]

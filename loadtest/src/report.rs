@@ -1,6 +1,7 @@
 //! The summary: a table on stdout and the same figures as JSON.
 
 use crate::conn::{ErrorTally, Stats};
+use crate::members::verify::MembersReport;
 use crate::ops::KINDS;
 use crate::verify::VerifyReport;
 use hdrhistogram::Histogram;
@@ -312,6 +313,9 @@ impl Report {
                 v.held_skipped,
                 v.indeterminate
             );
+            if let Some(m) = &v.members {
+                members_lines(&mut s, m);
+            }
             let _ = writeln!(
                 s,
                 "  {}",
@@ -327,6 +331,48 @@ impl Report {
         }
         s
     }
+}
+
+/// The members workload's checks: caps, refusals, events.
+fn members_lines(s: &mut String, m: &MembersReport) {
+    let _ = writeln!(
+        s,
+        "  members {}: over cap {} (MEMBERS) {} (client sums) {} (acknowledged)  used/held {}  available {}  refusals unlike the client's {}  pool overdrawn {}  replies {}{}",
+        m.members_checked,
+        m.cap_violations,
+        m.client_over_cap,
+        m.cap_exceeded,
+        m.member_mismatches,
+        m.available_mismatches,
+        m.wrong_refusals,
+        m.pool_overdrawn,
+        m.reply_mismatches,
+        if m.period_ended {
+            "  (the caps' period ended during the run: members' counts not compared)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  refusals: LIMITED {}  INSUFFICIENT {}; top-ups {}",
+        m.limited_refusals, m.insufficient_refusals, m.top_ups
+    );
+    let _ = writeln!(
+        s,
+        "  low events {} seen, {} crossings expected: missing {}  extra {}  values {}",
+        m.low_events, m.crossings_expected, m.low_missing, m.low_extra, m.low_value_mismatches
+    );
+    let _ = writeln!(
+        s,
+        "  events read {} after {}: limited {}  insufficient {}  refusal events wrong {}  numbering errors {}",
+        m.events_read,
+        m.after_seq,
+        m.limited_events,
+        m.insufficient_events,
+        m.refusal_event_mismatches,
+        m.event_seq_errors
+    );
 }
 
 /// A fraction as a percentage, without trailing zeros: 0.001 -> `0.1%`.

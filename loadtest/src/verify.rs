@@ -17,8 +17,9 @@
 //! for `spent` and `held` (counted as indeterminate).
 
 use crate::client::Endpoint;
+use crate::ledger::Ledger;
+use crate::members::verify::MembersReport;
 use crate::ops::{Op, Speller};
-use crate::workload::Ledger;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -42,6 +43,9 @@ pub struct VerifyReport {
     pub retry_mismatches: u64,
     pub live_balance_checks: u64,
     pub live_balance_failures: u64,
+    /// The members workload's own checks (caps, events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<MembersReport>,
     /// Sum of every failure count above: 0 means verified.
     pub mismatches: u64,
     pub examples: Vec<String>,

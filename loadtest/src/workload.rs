@@ -2,19 +2,22 @@
 //! each with a fresh hold id) or the `mix` of flows a real gateway produces
 //! (reserve then commit part of it; reserve, cumulative captures, commit for
 //! video; reserve then release; debits; abandoned holds with a short TTL that
-//! must expire; balance reads; idempotent retries of earlier commands).
+//! must expire; balance reads; idempotent retries of earlier commands). The
+//! `members` workload has a module of its own ([`crate::members`]); the
+//! generator hands its requests and replies to it.
 //!
-//! Next to generating requests it keeps the client's ledger: what each account
-//! must show at the end (`spent` exactly, and the credits still held by holds
-//! that were neither closed nor expired), which `--verify` compares with the
-//! server.
+//! Next to generating requests it keeps the client's ledger
+//! ([`crate::ledger`]), which `--verify` compares with the server.
 
+use crate::ledger::{HoldRec, Ledger};
+use crate::members::traffic::{MemberTraffic, MembersLedger};
+use crate::members::MembersCfg;
 use crate::ops::{Op, OpId};
 use crate::resp::Reply;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -24,6 +27,20 @@ pub enum WorkloadKind {
     Reserve,
     /// The realistic mix of flows.
     Mix,
+    /// Members charging pooled accounts under caps (some are refused
+    /// LIMITED), the pools run down past ALERT thresholds and topped up again;
+    /// --verify also checks the caps and the events (creditd only).
+    Members,
+}
+
+impl WorkloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Reserve => "reserve",
+            WorkloadKind::Mix => "mix",
+            WorkloadKind::Members => "members",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -49,6 +66,8 @@ pub struct WorkloadCfg {
     pub default_ttl_ms: u64,
     /// Keep the ledger (touched accounts, spent, open holds) for `--verify`.
     pub verify: bool,
+    /// The members workload's setup (`Some` for `--workload members` only).
+    pub members: Option<MembersCfg>,
 }
 
 /// Percent weights of the mix (new flows; follow-up steps always go first).
@@ -129,74 +148,6 @@ impl ReplyClass {
     }
 }
 
-/// An open hold as the client knows it.
-#[derive(Debug, Clone, Copy)]
-pub struct HoldRec {
-    pub acct: u32,
-    pub amount: u64,
-    pub captured: u64,
-    /// The RESERVE was sent at or after `sent` and acknowledged at `acked`, so the
-    /// hold expires somewhere in `[sent + ttl, acked + ttl]`.
-    pub sent: Instant,
-    pub acked: Instant,
-    pub ttl_ms: u64,
-}
-
-impl HoldRec {
-    pub fn held(&self) -> u64 {
-        self.amount.saturating_sub(self.captured)
-    }
-}
-
-/// What the client expects of the server, from acknowledged replies only.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    /// Credits spent per account: acknowledged commits, captures and debits.
-    pub spent: HashMap<u32, u64>,
-    /// Every account a request was sent to.
-    pub touched: HashSet<u32>,
-    /// Accounts with a request whose outcome is unknown (connection lost).
-    pub indeterminate: HashSet<u32>,
-    /// Holds acknowledged and not closed.
-    pub holds: HashMap<OpId, HoldRec>,
-    pub retries_checked: u64,
-    pub retry_mismatches: u64,
-    pub balance_checks: u64,
-    pub balance_failures: u64,
-    /// A few descriptions of failures, for the report.
-    pub examples: Vec<String>,
-}
-
-impl Ledger {
-    fn note(&mut self, msg: String) {
-        if self.examples.len() < 10 {
-            self.examples.push(msg);
-        }
-    }
-
-    pub fn merge(&mut self, other: Ledger) {
-        for (a, s) in other.spent {
-            *self.spent.entry(a).or_default() += s;
-        }
-        self.touched.extend(other.touched);
-        self.indeterminate.extend(other.indeterminate);
-        self.holds.extend(other.holds);
-        self.retries_checked += other.retries_checked;
-        self.retry_mismatches += other.retry_mismatches;
-        self.balance_checks += other.balance_checks;
-        self.balance_failures += other.balance_failures;
-        for e in other.examples {
-            self.note(e);
-        }
-    }
-
-    fn add_spent(&mut self, acct: u32, n: u64) {
-        if n > 0 {
-            *self.spent.entry(acct).or_default() += n;
-        }
-    }
-}
-
 /// A flow in progress: its next step is in `next` once the previous reply came.
 #[derive(Debug, Clone)]
 struct FlowState {
@@ -227,6 +178,8 @@ pub struct Generator {
     /// Recent successful commands that may be retried, with their replies.
     recent: VecDeque<(Op, Reply)>,
     pub ledger: Ledger,
+    /// The members workload, which keeps its own model of the accounts.
+    members: Option<MemberTraffic>,
 }
 
 const RECENT: usize = 256;
@@ -240,6 +193,10 @@ impl Generator {
                 cfg.accounts,
             ),
         };
+        let members = cfg
+            .members
+            .clone()
+            .map(|m| MemberTraffic::new(m, conn, seed));
         Generator {
             cfg,
             conn,
@@ -253,7 +210,13 @@ impl Generator {
             ready: VecDeque::new(),
             recent: VecDeque::with_capacity(RECENT),
             ledger: Ledger::default(),
+            members,
         }
+    }
+
+    /// The members workload's model of its accounts, at the end of the run.
+    pub fn take_members(&mut self) -> Option<MembersLedger> {
+        self.members.take().map(MemberTraffic::into_ledger)
     }
 
     fn account(&mut self) -> u32 {
@@ -284,6 +247,9 @@ impl Generator {
     }
 
     fn pick(&mut self) -> (Op, Tag) {
+        if let Some(m) = self.members.as_mut() {
+            return (m.next_op(), Tag::Single);
+        }
         if let Some(slot) = self.ready.pop_front() {
             let op = self.flows[slot as usize]
                 .next
@@ -299,6 +265,7 @@ impl Generator {
                 hold,
                 amount: self.cfg.amount,
                 ttl_ms: self.cfg.reserve_ttl_ms,
+                member: None,
             };
             return (op, Tag::Single);
         }
@@ -324,7 +291,13 @@ impl Generator {
             Flow::Debit => {
                 let id = self.next_id();
                 let amount = self.rng.random_range(1..=50);
-                (Op::Debit { acct, id, amount }, Tag::Single)
+                let op = Op::Debit {
+                    acct,
+                    id,
+                    amount,
+                    member: None,
+                };
+                (op, Tag::Single)
             }
             Flow::Balance => (Op::Balance { acct }, Tag::Single),
             _ => {
@@ -347,6 +320,7 @@ impl Generator {
                     hold,
                     amount,
                     ttl_ms,
+                    member: None,
                 };
                 let state = FlowState {
                     flow,
@@ -395,6 +369,9 @@ impl Generator {
         sent: Instant,
         now: Instant,
     ) -> ReplyClass {
+        if let Some(m) = self.members.as_mut() {
+            return m.on_reply(op, reply, now);
+        }
         let class = ReplyClass::of(op, &tag, reply);
         if let Tag::Retry(expected) = tag {
             self.ledger.retries_checked += 1;
@@ -425,7 +402,7 @@ impl Generator {
     fn book(&mut self, op: &Op, reply: &Reply, before: u64, sent: Instant, now: Instant) {
         let n = reply.as_int().unwrap_or(0).max(0) as u64;
         match *op {
-            Op::Grant { .. } => {}
+            Op::Grant { .. } | Op::TopUp { .. } => {}
             Op::Reserve {
                 acct, hold, ttl_ms, ..
             } => {
@@ -564,6 +541,9 @@ impl Generator {
 
     /// A request whose reply will never come: its account can't be checked exactly.
     pub fn on_lost(&mut self, op: &Op) {
+        if let Some(m) = self.members.as_mut() {
+            m.on_lost(op);
+        }
         self.ledger.indeterminate.insert(op.acct());
     }
 }
@@ -571,6 +551,7 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, HashSet};
 
     fn cfg(kind: WorkloadKind) -> WorkloadCfg {
         WorkloadCfg {
@@ -583,6 +564,7 @@ mod tests {
             abandon_ttl_ms: 100,
             default_ttl_ms: 900_000,
             verify: true,
+            members: None,
         }
     }
 
@@ -608,7 +590,7 @@ mod tests {
                 Op::Release { .. } => Reply::Int(0),
                 Op::Debit { amount, .. } => Reply::Int(amount as i64),
                 Op::Balance { .. } => Reply::Array(vec![]),
-                Op::Grant { .. } => Reply::Int(0),
+                Op::Grant { .. } | Op::TopUp { .. } => Reply::Int(0),
             };
             let reply = match &tag {
                 Tag::Retry(r) => r.clone(),
@@ -631,6 +613,7 @@ mod tests {
             hold,
             amount: 5,
             ttl_ms: None,
+            member: None,
         };
         let capture = Op::Capture {
             acct: 1,

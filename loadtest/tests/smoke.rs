@@ -428,6 +428,65 @@ fn redis_lua_mix() {
     assert_full_mix(&v);
 }
 
+/// The members workload: caps, refusals and low-balance events, each checked
+/// by `--verify` against what the client saw acknowledged.
+#[test]
+fn creditd_members() {
+    let server = start_creditd(None);
+    let v = loadtest_ok(
+        &server,
+        &[
+            "--quiet",
+            "--workload",
+            "members",
+            "--duration",
+            "2",
+            "--connections",
+            "4",
+            "--accounts",
+            "40",
+            "--keys",
+            "uniform",
+            "--member-cap",
+            "10000",
+        ],
+        &[],
+    );
+    for cmd in ["reserve", "commit", "release", "debit", "grant"] {
+        assert!(
+            v["by_command"][cmd]["count"].as_u64().unwrap_or(0) > 0,
+            "no {cmd} in {v}"
+        );
+    }
+    let m = &v["verify"]["members"];
+    assert_eq!(m["members_checked"], 160, "{v}");
+    assert!(m["limited_refusals"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(m["limited_events"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(m["top_ups"].as_u64().unwrap_or(0) > 0, "{v}");
+    let low = m["low_events"].as_u64().unwrap_or(0);
+    assert!(low > 0, "{v}");
+    assert_eq!(m["crossings_expected"].as_u64(), Some(low), "{v}");
+    // LIMITED and INSUFFICIENT are this workload's own refusals.
+    assert_eq!(v["unexpected_errors"], 0, "{v}");
+    assert!(
+        v["errors"]["LIMITED"]["count"].as_u64().unwrap_or(0) > 0,
+        "{v}"
+    );
+
+    // It runs against creditd only, and one connection per account.
+    for (args, says) in [
+        (&["--target", "redis-lua"][..], "creditd only"),
+        (
+            &["--accounts", "2", "--connections", "4"][..],
+            "at least --connections",
+        ),
+    ] {
+        let run = run_loadtest(&server, &[&["--workload", "members"], args].concat(), &[]);
+        assert_eq!(run.output.status.code(), Some(64), "{}", run.describe());
+        assert!(run.stderr().contains(says), "{}", run.describe());
+    }
+}
+
 /// Bad arguments exit 64 with the reason, apart from every other outcome
 /// (2 is `--verify` mismatches, not a usage error).
 #[test]
