@@ -224,6 +224,10 @@ mod tests {
         let s = write_source();
         assert!(s.find("KEYS[1]").unwrap() < s.find("HSET").unwrap());
         assert!(!s.contains("fence_key"));
-        assert_eq!(sources().len(), 6, "five lease and write scripts, and the events one");
+        assert_eq!(
+            sources().len(),
+            6,
+            "five lease and write scripts, and the events one"
+        );
     }
 }
