@@ -237,6 +237,18 @@ pub(crate) struct Shared {
     appended_bytes: AtomicU64,
     written_bytes: AtomicU64,
     counters: Counters,
+    /// The segment being appended to. Whoever writes (the writer thread, or
+    /// a caller of [`Journal::write_inline`]) holds this lock from taking
+    /// the buffer until the durable seq is published, so groups reach the
+    /// file, and seqs become durable, in order.
+    segment: Mutex<Segment>,
+    /// The spare group buffer of inline writes (swapped with the shared one).
+    inline_group: Mutex<Vec<u8>>,
+    /// Written since the last fsync (the EverySec timer's business).
+    unsynced: AtomicBool,
+    /// Callers write inline ([`Journal::set_inline_writes`]): appends do not
+    /// wake the writer thread.
+    inline_writes: AtomicBool,
 }
 
 /// The journal of one data dir. Send + Sync: share it behind an `Arc`.
@@ -352,11 +364,15 @@ impl Journal {
             appended_bytes: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
             counters,
+            segment: Mutex::new(segment),
+            inline_group: Mutex::new(Vec::with_capacity(1 << 16)),
+            unsynced: AtomicBool::new(false),
+            inline_writes: AtomicBool::new(false),
         });
         let thread_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("creditd-journal".into())
-            .spawn(move || writer::run(thread_shared, segment))
+            .spawn(move || writer::run(thread_shared))
             .map_err(|e| JournalError::io(dir, e))?;
         let journal = Journal {
             shared,
@@ -392,8 +408,42 @@ impl Journal {
         state.segment_bytes += frame_bytes;
         self.shared.appended_bytes.fetch_add(frame_bytes, Relaxed);
         drop(state);
-        self.shared.writer_wake.notify_one();
+        if !self.shared.inline_writes.load(Relaxed) {
+            self.shared.writer_wake.notify_one();
+        }
         seq
+    }
+
+    /// Callers make their records durable themselves with
+    /// [`Journal::write_inline`] (falling back to [`Journal::wake_writer`]),
+    /// so an append no longer wakes the writer thread: in the common case
+    /// no thread hands work to another. The writer thread still fsyncs,
+    /// rotates, retries failed writes, and looks for stray appends every
+    /// few milliseconds.
+    pub fn set_inline_writes(&self, on: bool) {
+        self.shared.inline_writes.store(on, Relaxed);
+        self.shared.writer_wake.notify_one();
+    }
+
+    /// Writes everything appended so far in the calling thread, as Redis
+    /// writes its AOF before replying, when that is cheap and safe: not in
+    /// `always` mode (an fsync does not belong on a caller's thread), not
+    /// while a write fails or a rotation waits, and not while someone else
+    /// is writing (they take this caller's records too, or the writer thread
+    /// does once woken). True when `seq` is durable after it; false: wait
+    /// for the durable seq as usual (after [`Journal::wake_writer`]).
+    pub fn write_inline(&self, seq: u64) -> bool {
+        writer::write_inline(&self.shared, seq)
+    }
+
+    /// Whether callers write inline (see [`Journal::set_inline_writes`]).
+    pub fn inline_writes(&self) -> bool {
+        self.shared.inline_writes.load(Relaxed)
+    }
+
+    /// Wakes the writer thread to write what was appended.
+    pub fn wake_writer(&self) {
+        self.shared.writer_wake.notify_one();
     }
 
     /// Makes disk operations fail as `hook` decides, from now on (once;

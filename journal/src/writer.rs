@@ -4,12 +4,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::store::{segment_path, sync_dir};
 use super::{DiskOp, Fault, FsyncMode, JournalEvent, Rotation, Shared};
+
 
 /// EverySec fsyncs at most this often, like Redis AOF `everysec`.
 const EVERYSEC_INTERVAL_MS: u64 = 1_000;
@@ -106,12 +107,12 @@ impl Segment {
 
 /// Runs the writer until shutdown or a fatal error; on error, marks the journal failed so
 /// `durable_seq` stops and the engine refuses work.
-pub(crate) fn run(shared: Arc<Shared>, mut segment: Segment) -> io::Result<()> {
-    let result = run_loop(&shared, &mut segment);
+pub(crate) fn run(shared: Arc<Shared>) -> io::Result<()> {
+    let result = run_loop(&shared);
     if let Err(error) = &result {
         eprintln!(
             "creditd journal: writer stopped on {}: {error}",
-            segment.path.display()
+            shared.segment.lock().path.display()
         );
         *shared.problem.lock() = error.to_string();
         // Under the state lock, so a `rotate` between its check and its wait cannot miss it.
@@ -122,30 +123,43 @@ pub(crate) fn run(shared: Arc<Shared>, mut segment: Segment) -> io::Result<()> {
     result
 }
 
-fn run_loop(shared: &Shared, segment: &mut Segment) -> io::Result<()> {
+/// How long the writer thread sleeps while callers write inline: it only
+/// picks up appends that no caller wrote (a safety net) and runs the timer.
+const INLINE_POLL_MS: u64 = 5;
+
+fn run_loop(shared: &Shared) -> io::Result<()> {
     // The spare buffers swap with the shared ones, so each group reuses the allocation of the
     // one before: appends never wait for the disk, and no group allocates.
     let mut group: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut rotations: Vec<Rotation> = Vec::new();
-    let mut seq_written = shared.durable_seq.load(Relaxed);
-    let mut unsynced = false;
     let mut last_sync = Instant::now();
     let everysec = Duration::from_millis(EVERYSEC_INTERVAL_MS);
     loop {
         assert!(group.is_empty() && rotations.is_empty());
-        let (last_seq, shutdown) = {
+        {
             let mut state = shared.state.lock();
             if state.buf.is_empty() && state.rotations.is_empty() && !state.shutdown {
-                let mut wait = Duration::from_millis(WRITER_IDLE_WAIT_MS);
-                if shared.mode == FsyncMode::EverySec && unsynced {
+                let idle_ms = if shared.inline_writes.load(Relaxed) {
+                    INLINE_POLL_MS
+                } else {
+                    WRITER_IDLE_WAIT_MS
+                };
+                let mut wait = Duration::from_millis(idle_ms);
+                if shared.mode == FsyncMode::EverySec && shared.unsynced.load(Relaxed) {
                     wait = wait.min(everysec.saturating_sub(last_sync.elapsed()));
                 }
                 shared.writer_wake.wait_for(&mut state, wait);
             }
+        }
+        // The segment first, then the buffer: whoever holds the segment writes groups in order.
+        let mut segment = shared.segment.lock();
+        let (last_seq, shutdown) = {
+            let mut state = shared.state.lock();
             std::mem::swap(&mut state.buf, &mut group);
             std::mem::swap(&mut state.rotations, &mut rotations);
             (state.last_seq, state.shutdown)
         };
+        let seq_written = shared.durable_seq.load(Relaxed);
         assert!(last_seq >= seq_written, "seqs only increase");
         assert_eq!(
             group.is_empty(),
@@ -156,48 +170,143 @@ fn run_loop(shared: &Shared, segment: &mut Segment) -> io::Result<()> {
             let started = Instant::now();
             let mut start = 0;
             for rotation in rotations.drain(..) {
-                write_retrying(shared, segment, &group[start..rotation.offset])?;
-                switch_segment(shared, segment, rotation.first_seq)?;
+                write_retrying(shared, &mut segment, &group[start..rotation.offset])?;
+                switch_segment(shared, &mut segment, rotation.first_seq)?;
                 start = rotation.offset;
             }
-            write_retrying(shared, segment, &group[start..])?;
-            let latency_ns = elapsed_ns(started);
-            shared
-                .counters
-                .last_write_latency_ns
-                .store(latency_ns, Relaxed);
-            if let Some(observe) = shared.observer.get() {
-                observe(JournalEvent::Write {
-                    latency_ns,
-                    bytes: group.len() as u64,
-                });
+            write_retrying(shared, &mut segment, &group[start..])?;
+            if !group.is_empty() {
+                shared.unsynced.store(true, Relaxed);
             }
-            shared.counters.segment_bytes.store(segment.bytes, Relaxed);
-            unsynced |= !group.is_empty();
-            if shared.mode == FsyncMode::Always && unsynced {
-                sync(shared, segment)?;
-                (unsynced, last_sync) = (false, Instant::now());
+            if shared.mode == FsyncMode::Always && shared.unsynced.load(Relaxed) {
+                sync(shared, &segment)?;
+                shared.unsynced.store(false, Relaxed);
+                last_sync = Instant::now();
             }
-            shared.written_bytes.fetch_add(group.len() as u64, Relaxed);
-            if last_seq > seq_written {
-                let counters = &shared.counters;
-                counters.records.fetch_add(last_seq - seq_written, Relaxed);
-                counters.groups.fetch_add(1, Relaxed);
-                counters
-                    .bytes_written
-                    .fetch_add(group.len() as u64, Relaxed);
-                seq_written = last_seq;
-                shared.durable_seq.store(last_seq, Release);
-                (shared.on_durable)(last_seq);
-            }
+            published(shared, &segment, started, group.len(), seq_written, last_seq);
             group.clear();
         }
-        if shared.mode == FsyncMode::EverySec && unsynced && last_sync.elapsed() >= everysec {
-            sync(shared, segment)?;
-            (unsynced, last_sync) = (false, Instant::now());
+        if shared.mode == FsyncMode::EverySec
+            && shared.unsynced.load(Relaxed)
+            && last_sync.elapsed() >= everysec
+        {
+            sync(shared, &segment)?;
+            shared.unsynced.store(false, Relaxed);
+            last_sync = Instant::now();
         }
         if shutdown {
-            return sync(shared, segment);
+            return sync(shared, &segment);
+        }
+    }
+}
+
+/// After a group of `bytes` holding seqs `seq_written + 1 ..= last_seq` reached the file (and
+/// the disk in `always` mode): counters, the observer, and the durable seq, published last.
+/// Called with the segment locked, so durable seqs are published in order.
+fn published(
+    shared: &Shared,
+    segment: &Segment,
+    started: Instant,
+    bytes: usize,
+    seq_written: u64,
+    last_seq: u64,
+) {
+    let latency_ns = elapsed_ns(started);
+    shared
+        .counters
+        .last_write_latency_ns
+        .store(latency_ns, Relaxed);
+    if let Some(observe) = shared.observer.get() {
+        observe(JournalEvent::Write {
+            latency_ns,
+            bytes: bytes as u64,
+        });
+    }
+    shared.counters.segment_bytes.store(segment.bytes, Relaxed);
+    shared.written_bytes.fetch_add(bytes as u64, Relaxed);
+    if last_seq > seq_written {
+        let counters = &shared.counters;
+        counters.records.fetch_add(last_seq - seq_written, Relaxed);
+        counters.groups.fetch_add(1, Relaxed);
+        counters.bytes_written.fetch_add(bytes as u64, Relaxed);
+        shared.durable_seq.store(last_seq, Release);
+        (shared.on_durable)(last_seq);
+    }
+}
+
+/// [`crate::Journal::write_inline`]: one attempt, never a retry or a sleep on the caller's
+/// thread. A failed write gives its group back to the front of the buffer and wakes the writer
+/// thread, which retries it as it retries its own.
+pub(crate) fn write_inline(shared: &Shared, seq: u64) -> bool {
+    if shared.durable_seq.load(Acquire) >= seq {
+        return true;
+    }
+    let refused = shared.mode == FsyncMode::Always
+        || shared.stalled.load(Relaxed)
+        || shared.failed.load(Relaxed)
+        || shared.stopping.load(Relaxed);
+    if refused {
+        return false;
+    }
+    let Some(segment) = shared.segment.try_lock() else {
+        return false;
+    };
+    let mut segment = segment;
+    let mut group = std::mem::take(&mut *shared.inline_group.lock());
+    let last_seq = {
+        let mut state = shared.state.lock();
+        if !state.rotations.is_empty() || state.shutdown {
+            return false;
+        }
+        std::mem::swap(&mut state.buf, &mut group);
+        state.last_seq
+    };
+    let seq_written = shared.durable_seq.load(Relaxed);
+    assert_eq!(
+        group.is_empty(),
+        last_seq == seq_written,
+        "a group holds exactly the new seqs"
+    );
+    let started = Instant::now();
+    let op = DiskOp::Write { bytes: group.len() };
+    let written = if group.is_empty() {
+        Ok(())
+    } else {
+        segment.write(&group, shared.fault(op))
+    };
+    match written {
+        Ok(()) => {
+            if !group.is_empty() && !shared.unsynced.swap(true, Relaxed) {
+                // The EverySec timer starts now: the writer thread times its wait by it.
+                shared.writer_wake.notify_one();
+            }
+            published(shared, &segment, started, group.len(), seq_written, last_seq);
+            group.clear();
+            *shared.inline_group.lock() = group;
+            drop(segment);
+            last_seq >= seq
+        }
+        Err(error) => {
+            shared.counters.write_errors.fetch_add(1, Relaxed);
+            *shared.problem.lock() = format!("write failed: {error}");
+            shared.stalled.store(true, Relaxed);
+            eprintln!(
+                "creditd journal: write in {} failed: {error}; the writer retries it",
+                shared.dir.display()
+            );
+            let mut state = shared.state.lock();
+            let len = group.len();
+            group.extend_from_slice(&state.buf);
+            std::mem::swap(&mut state.buf, &mut group);
+            for rotation in state.rotations.iter_mut() {
+                rotation.offset += len;
+            }
+            drop(state);
+            group.clear();
+            *shared.inline_group.lock() = group;
+            drop(segment);
+            shared.writer_wake.notify_one();
+            false
         }
     }
 }

@@ -62,6 +62,12 @@ pub struct Options {
     #[arg(long, env = "CREDITD_ANNOUNCE", value_parser = parse_announce)]
     pub announce: Option<String>,
 
+    /// Threads that serve connections (tokio workers); 0: one per core.
+    /// On a machine the load shares (2 cores with the clients), 1 spares
+    /// the hand-offs between workers: see docs/PERFORMANCE.md.
+    #[arg(long, env = "CREDITD_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub workers: u16,
+
     /// Seconds a graceful shutdown waits for connections to finish.
     #[arg(long, env = "CREDITD_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,

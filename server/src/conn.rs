@@ -227,6 +227,15 @@ impl Connection {
         if batch.wait_seq > *self.durable.borrow() {
             if let Some(cluster) = &self.app.cluster {
                 cluster.wake_writer();
+            } else if self.app.journal.inline_writes() {
+                // As Redis writes its AOF once per event-loop round: let the
+                // other connections ready on this worker run their batches
+                // first, then write every record appended so far here,
+                // without handing the write to another thread.
+                tokio::task::yield_now().await;
+                if !self.app.journal.write_inline(batch.wait_seq) {
+                    self.app.journal.wake_writer();
+                }
             }
             if !self.wait_durable(batch.wait_seq).await {
                 return false;

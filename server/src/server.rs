@@ -23,7 +23,7 @@ use crate::stop::{Stop, Worker};
 use crate::writebehind::{self, dependency, Loaded, WriteBehind};
 use creditd_engine::clock::{wall_clock_ms, Clock, SystemClock, TestClock};
 use creditd_engine::Engine;
-use creditd_journal::JournalEvent;
+use creditd_journal::{FsyncMode, JournalEvent};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,7 +57,11 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     // First, before any port or file is touched: one process per data dir.
     let data_dir_lock = DataDirLock::acquire(&opts.data_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if opts.workers > 0 {
+        builder.worker_threads(usize::from(opts.workers));
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("creditd-worker")
         .build()
@@ -229,6 +233,11 @@ async fn recover(
     }
     durable_tx.send_replace(recovery.report.last_seq);
     slot.set(recovery.journal.clone());
+    if !opts.cluster && opts.fsync != FsyncMode::Always {
+        // Connections write the journal themselves (no fsync on their
+        // thread: `always` keeps the writer thread's group commit).
+        recovery.journal.set_inline_writes(true);
+    }
     if let Some(clock) = &test_clock {
         // A restarted test clock never runs behind what was already recorded.
         let latest = recovery.max_at_ms.max(engine.latest_instant_ms());
