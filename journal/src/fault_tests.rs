@@ -89,6 +89,10 @@ fn run(dir: &Path, seed: u64) -> (u64, u64) {
     .expect("open a fresh journal");
     assert_eq!(report.last_seq, 0);
     journal.inject_faults(faults(rng.clone()));
+    // Half the seeds write inline, as the server's connections do: their
+    // failed writes go back to the writer thread, which retries them.
+    let inline = seed % 2 == 1;
+    journal.set_inline_writes(inline);
     let records = 50 + rng.next() % 150;
     for seq in 1..=records {
         let bytes = payload(seq);
@@ -96,6 +100,9 @@ fn run(dir: &Path, seed: u64) -> (u64, u64) {
             journal.append(&mut |buf| buf.extend_from_slice(&bytes)),
             seq
         );
+        if inline && rng.chance(2) && !journal.write_inline(seq) {
+            journal.wake_writer();
+        }
         if rng.chance(30) {
             // Fails only once the writer has stopped on an fsync error.
             let _ = journal.rotate();

@@ -516,3 +516,56 @@ fn a_slow_disk_turns_new_work_away_past_the_buffer_bound() {
     wait_durable(&journal, seq);
     assert!(journal.has_capacity());
 }
+
+#[test]
+fn inline_writes_from_many_threads_keep_every_record_in_order() {
+    let dir = TempDir::new("inline");
+    let durable_seen = Arc::new(AtomicU64::new(0));
+    let seen = durable_seen.clone();
+    let (journal, ..) = open_with(
+        &dir.0,
+        FsyncMode::EverySec,
+        Box::new(move |seq| {
+            let before = seen.fetch_max(seq, Ordering::Relaxed);
+            assert!(seq >= before, "durable seqs never go back");
+        }),
+    )
+    .unwrap();
+    journal.set_inline_writes(true);
+    let journal = Arc::new(journal);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                for i in 0..2_000u64 {
+                    let bytes = payload(t * 10_000 + i);
+                    let seq = journal.append(&mut |buf| buf.extend_from_slice(&bytes));
+                    if i % 7 == 0 {
+                        // Several records per write now and then, as a batch.
+                        continue;
+                    }
+                    if !journal.write_inline(seq) {
+                        journal.wake_writer();
+                    }
+                    wait_durable(&journal, seq);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    wait_durable(&journal, 8_000);
+    assert_eq!(durable_seen.load(Ordering::Relaxed), 8_000);
+    let writes = journal.stats().groups_written;
+    assert!(
+        writes < 8_000,
+        "some writes carried several records: {writes}"
+    );
+    journal.shutdown().unwrap();
+    drop(journal);
+    let (_, report, _, records) = open(&dir.0).unwrap();
+    assert_eq!(report.last_seq, 8_000);
+    let seqs: Vec<u64> = records.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=8_000).collect::<Vec<_>>());
+}

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use super::store::{segment_path, sync_dir};
 use super::{DiskOp, Fault, FsyncMode, JournalEvent, Rotation, Shared};
 
-
 /// EverySec fsyncs at most this often, like Redis AOF `everysec`.
 const EVERYSEC_INTERVAL_MS: u64 = 1_000;
 /// Longest idle wait, so the EverySec timer and shutdown are noticed without an append.
@@ -183,7 +182,14 @@ fn run_loop(shared: &Shared) -> io::Result<()> {
                 shared.unsynced.store(false, Relaxed);
                 last_sync = Instant::now();
             }
-            published(shared, &segment, started, group.len(), seq_written, last_seq);
+            published(
+                shared,
+                &segment,
+                started,
+                group.len(),
+                seq_written,
+                last_seq,
+            );
             group.clear();
         }
         if shared.mode == FsyncMode::EverySec
@@ -280,7 +286,14 @@ pub(crate) fn write_inline(shared: &Shared, seq: u64) -> bool {
                 // The EverySec timer starts now: the writer thread times its wait by it.
                 shared.writer_wake.notify_one();
             }
-            published(shared, &segment, started, group.len(), seq_written, last_seq);
+            published(
+                shared,
+                &segment,
+                started,
+                group.len(),
+                seq_written,
+                last_seq,
+            );
             group.clear();
             *shared.inline_group.lock() = group;
             drop(segment);
