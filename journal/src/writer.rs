@@ -192,16 +192,25 @@ fn run_loop(shared: &Shared) -> io::Result<()> {
             );
             group.clear();
         }
-        if shared.mode == FsyncMode::EverySec
-            && shared.unsynced.load(Relaxed)
-            && last_sync.elapsed() >= everysec
-        {
-            sync(shared, &segment)?;
-            shared.unsynced.store(false, Relaxed);
-            last_sync = Instant::now();
-        }
         if shutdown {
             return sync(shared, &segment);
+        }
+        let sync_due = shared.mode == FsyncMode::EverySec
+            && shared.unsynced.load(Relaxed)
+            && last_sync.elapsed() >= everysec;
+        if sync_due {
+            // As Redis's background fsync: on a second handle of the file, after the segment
+            // is unlocked, so writes (inline ones included) go on while the disk syncs. What
+            // is written after `unsynced` is cleared here waits for the next second.
+            shared.unsynced.store(false, Relaxed);
+            match segment.file.try_clone() {
+                Ok(file) => {
+                    drop(segment);
+                    sync_file(shared, &file)?;
+                }
+                Err(_) => sync(shared, &segment)?,
+            }
+            last_sync = Instant::now();
         }
     }
 }
@@ -328,10 +337,15 @@ pub(crate) fn write_inline(shared: &Shared, seq: u64) -> bool {
 /// pages clean, so a second fsync can succeed without the data being on disk ("fsyncgate").
 /// Only a restart, which re-reads the file, knows what is really there.
 fn sync(shared: &Shared, segment: &Segment) -> io::Result<()> {
+    sync_file(shared, &segment.file)
+}
+
+/// [`sync`] of a file handle (the segment's own, or a second one).
+fn sync_file(shared: &Shared, file: &File) -> io::Result<()> {
     let started = Instant::now();
     let synced = match shared.fault(DiskOp::Sync) {
         Some(Fault::Fail(kind)) => Err(io::Error::from(kind)),
-        Some(Fault::Short(_)) | None => segment.file.sync_data(),
+        Some(Fault::Short(_)) | None => file.sync_data(),
     };
     if let Err(error) = synced {
         shared.counters.write_errors.fetch_add(1, Relaxed);

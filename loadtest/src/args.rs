@@ -20,6 +20,20 @@ pub enum ModeArg {
     Open,
 }
 
+/// How the open loop deals intended send times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PacerArg {
+    /// A task on the client runtime that deals every due slot, then yields,
+    /// over and over: it keeps a client core busy, and no thread hand-off
+    /// or timer wake-up stands between a slot and its send. For a client
+    /// pinned to its own core(s) (`taskset`).
+    Spin,
+    /// A thread that sleeps until each slot (the OS timer's precision) and
+    /// hands it to the connection: idle between slots, but on a shared core
+    /// the hand-off and the wake-up add to the send lag.
+    Thread,
+}
+
 /// Load generator for creditd (and redis-server + Lua, for comparison).
 // No `Debug`: it holds the token.
 #[derive(Parser)]
@@ -140,6 +154,10 @@ pub struct Args {
     /// Prefix of every id of this run (default: unique per run, so runs never collide).
     #[arg(long)]
     pub run_prefix: Option<String>,
+
+    /// Open loop: how intended send times are dealt.
+    #[arg(long, value_enum, default_value_t = PacerArg::Spin)]
+    pub pacer: PacerArg,
 
     /// Open loop: the pacer thread's timer slack in µs (Linux; the kernel default is 50).
     #[arg(long, default_value_t = 50)]

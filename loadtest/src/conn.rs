@@ -3,8 +3,9 @@
 //! Closed loop: send `pipeline` requests, wait for all their replies, repeat.
 //! Latency: from the moment the batch was written to the moment each reply was read.
 //!
-//! Open loop: a pacer thread hands each connection its intended send times (a
-//! fixed global rate, slots dealt round-robin); the connection sends each request
+//! Open loop: a pacer (a spinning task, or a thread: `--pacer`) hands each
+//! connection its intended send times (a fixed global rate, slots dealt
+//! round-robin); the connection sends each request
 //! at its slot, at most `pipeline` in flight, and latency runs from the
 //! *intended* time, so a stall of the server (or of the client) shows up in full
 //! for every request that should have gone out meanwhile (no coordinated omission).
@@ -433,38 +434,91 @@ fn failed(gen: Generator, error: String) -> ConnResult {
     }
 }
 
-/// Deals intended send times: slot `j` at `start + j / rate`, to connection
-/// `j % n`, until `end` (and at most `limit` measured slots). Runs on its own
-/// thread, sleeping with the OS's precision rather than the runtime's 1 ms timer.
-pub fn pacer(
-    senders: Vec<mpsc::UnboundedSender<Instant>>,
+/// The open loop's intended send times: slot `j` at `start + j / rate`, to
+/// connection `j % n`, until `end` (and at most `limit` measured slots).
+pub struct Slots {
     start: Instant,
     measure_start: Instant,
     end: Instant,
-    rate: f64,
+    period_ns: f64,
     limit: Option<u64>,
-    slack_us: u64,
-) {
+    next: u64,
+    measured: u64,
+}
+
+impl Slots {
+    pub fn new(
+        start: Instant,
+        measure_start: Instant,
+        end: Instant,
+        rate: f64,
+        limit: Option<u64>,
+    ) -> Slots {
+        Slots {
+            start,
+            measure_start,
+            end,
+            period_ns: 1e9 / rate,
+            limit,
+            next: 0,
+            measured: 0,
+        }
+    }
+
+    /// The next slot's connection index and instant (`None`: no more).
+    fn peek(&self, n: u64) -> Option<(usize, Instant)> {
+        let at = self.start + Duration::from_nanos((self.next as f64 * self.period_ns) as u64);
+        let over = at >= self.end || self.limit.is_some_and(|l| self.measured >= l);
+        (!over).then_some(((self.next % n) as usize, at))
+    }
+
+    fn advance(&mut self, at: Instant) {
+        if at >= self.measure_start {
+            self.measured += 1;
+        }
+        self.next += 1;
+    }
+}
+
+/// Deals the slots from its own thread, sleeping with the OS's precision
+/// rather than the runtime's 1 ms timer.
+pub fn pacer(senders: Vec<mpsc::UnboundedSender<Instant>>, mut slots: Slots, slack_us: u64) {
     set_timer_slack(slack_us);
     let n = senders.len() as u64;
-    let period_ns = 1e9 / rate;
-    let mut j: u64 = 0;
-    let mut measured: u64 = 0;
-    loop {
-        let at = start + Duration::from_nanos((j as f64 * period_ns) as u64);
-        if at >= end || limit.is_some_and(|l| measured >= l) {
-            return;
-        }
+    while let Some((conn, at)) = slots.peek(n) {
         let now = Instant::now();
         if at > now {
             std::thread::sleep(at - now);
         }
         // A closed receiver (the connection failed) just drops its slots.
-        let _ = senders[(j % n) as usize].send(at);
-        if at >= measure_start {
-            measured += 1;
+        let _ = senders[conn].send(at);
+        slots.advance(at);
+    }
+}
+
+/// Slots dealt per turn of the spinning pacer, at most (then it yields, so
+/// the connections run even when it is behind).
+const SPIN_BATCH: usize = 256;
+
+/// Deals the slots from a task on the client runtime: every due slot, then
+/// `yield_now`, again and again. Between turns the runtime runs the
+/// connections (and polls the sockets), so a slot reaches its connection
+/// within one turn, without a thread hand-off or a timer wake-up.
+pub async fn spin_pacer(senders: Vec<mpsc::UnboundedSender<Instant>>, mut slots: Slots) {
+    let n = senders.len() as u64;
+    loop {
+        let now = Instant::now();
+        for _ in 0..SPIN_BATCH {
+            match slots.peek(n) {
+                None => return,
+                Some((_, at)) if at > now => break,
+                Some((conn, at)) => {
+                    let _ = senders[conn].send(at);
+                    slots.advance(at);
+                }
+            }
         }
-        j += 1;
+        tokio::task::yield_now().await;
     }
 }
 

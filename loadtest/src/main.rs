@@ -13,7 +13,7 @@ mod resp;
 mod verify;
 mod workload;
 
-use args::{alert_thresholds, check, describe, Args, ModeArg, Target};
+use args::{alert_thresholds, check, describe, Args, ModeArg, PacerArg, Target};
 use clap::Parser;
 use client::{Auth, Endpoint};
 use conn::{ConnCfg, Mode, Progress, Stats};
@@ -309,18 +309,25 @@ async fn run(args: Args) -> Result<u8, String> {
         );
         tasks.push(tokio::spawn(fut));
     }
-    let pacer = if args.mode == ModeArg::Open {
+    let (pacer, spin_pacer) = if args.mode == ModeArg::Open {
         let rate = args.rate.unwrap_or(1.0);
         let limit = args.requests;
         let slack = args.timer_slack_us;
-        Some(
-            std::thread::Builder::new()
-                .name("pacer".into())
-                .spawn(move || conn::pacer(senders, start, measure_start, end, rate, limit, slack))
-                .map_err(|e| format!("pacer thread: {e}"))?,
-        )
+        let slots = conn::Slots::new(start, measure_start, end, rate, limit);
+        match args.pacer {
+            PacerArg::Thread => (
+                Some(
+                    std::thread::Builder::new()
+                        .name("pacer".into())
+                        .spawn(move || conn::pacer(senders, slots, slack))
+                        .map_err(|e| format!("pacer thread: {e}"))?,
+                ),
+                None,
+            ),
+            PacerArg::Spin => (None, Some(tokio::spawn(conn::spin_pacer(senders, slots)))),
+        }
     } else {
-        None
+        (None, None)
     };
 
     let bar = if show_bar {
@@ -376,6 +383,9 @@ async fn run(args: Args) -> Result<u8, String> {
     }
     if let Some(p) = pacer {
         let _ = p.join();
+    }
+    if let Some(p) = spin_pacer {
+        let _ = p.await;
     }
     if let Some(t) = ticker {
         t.abort();
