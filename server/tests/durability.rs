@@ -84,7 +84,14 @@ fn expected_totals(acked: &[Acked]) -> (i64, i64) {
 }
 
 fn one_round(seed: u64) {
-    let mut srv = Creditd::start(&["--fsync", "everysec"]);
+    // Connections write the journal inline in each of these (see
+    // `Journal::write_inline`): with one worker or several, and without fsync.
+    let args: &[&str] = match seed % 3 {
+        1 => &["--fsync", "everysec"],
+        2 => &["--fsync", "everysec", "--workers", "1"],
+        _ => &["--fsync", "no"],
+    };
+    let mut srv = Creditd::start(args);
     let stop = Arc::new(AtomicBool::new(false));
     let logs: Vec<Arc<Mutex<WorkerLog>>> = (0..4).map(|_| Arc::default()).collect();
     let threads: Vec<_> = logs
