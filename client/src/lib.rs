@@ -220,13 +220,8 @@ impl Client {
         charge: Charge,
         ttl: Option<Duration>,
     ) -> Result<u64, Error> {
-        let mut cmd = redis::cmd("RESERVE");
-        cmd.arg(account).arg(hold);
-        charge.write(&mut cmd);
-        if let Some(ttl) = ttl {
-            cmd.arg("TTL").arg(millis(ttl));
-        }
-        self.run(cmd, reply::integer).await
+        self.run(reserve_cmd(account, hold, charge, ttl), reply::integer)
+            .await
     }
 
     /// `CAPTURE`: reports usage so far (cumulative) and spends it at once.
@@ -274,10 +269,8 @@ impl Client {
     /// `DEBIT`: spends credits at once, without a hold. Returns the credits
     /// debited.
     pub async fn debit(&self, account: &str, debit: &OpId, charge: Charge) -> Result<u64, Error> {
-        let mut cmd = redis::cmd("DEBIT");
-        cmd.arg(account).arg(debit);
-        charge.write(&mut cmd);
-        self.run(cmd, reply::integer).await
+        self.run(debit_cmd(account, debit, charge), reply::integer)
+            .await
     }
 
     /// `QUOTE`: what `qty` units of `sku` cost now.
@@ -393,12 +386,7 @@ impl Client {
         ttl: Option<Duration>,
         member: &str,
     ) -> Result<u64, Error> {
-        let mut cmd = redis::cmd("RESERVE");
-        cmd.arg(account).arg(hold);
-        charge.write(&mut cmd);
-        if let Some(ttl) = ttl {
-            cmd.arg("TTL").arg(millis(ttl));
-        }
+        let mut cmd = reserve_cmd(account, hold, charge, ttl);
         cmd.arg("MEMBER").arg(member);
         self.run(cmd, reply::integer).await
     }
@@ -411,9 +399,7 @@ impl Client {
         charge: Charge,
         member: &str,
     ) -> Result<u64, Error> {
-        let mut cmd = redis::cmd("DEBIT");
-        cmd.arg(account).arg(debit);
-        charge.write(&mut cmd);
+        let mut cmd = debit_cmd(account, debit, charge);
         cmd.arg("MEMBER").arg(member);
         self.run(cmd, reply::integer).await
     }
@@ -470,6 +456,25 @@ impl Client {
         })
         .await
     }
+}
+
+/// `RESERVE account hold charge [TTL ms]`.
+fn reserve_cmd(account: &str, hold: &OpId, charge: Charge, ttl: Option<Duration>) -> Cmd {
+    let mut cmd = redis::cmd("RESERVE");
+    cmd.arg(account).arg(hold);
+    charge.write(&mut cmd);
+    if let Some(ttl) = ttl {
+        cmd.arg("TTL").arg(millis(ttl));
+    }
+    cmd
+}
+
+/// `DEBIT account debit charge`.
+fn debit_cmd(account: &str, debit: &OpId, charge: Charge) -> Cmd {
+    let mut cmd = redis::cmd("DEBIT");
+    cmd.arg(account).arg(debit);
+    charge.write(&mut cmd);
+    cmd
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or the policy's
