@@ -191,35 +191,6 @@ pub struct LowEvents {
     pub thresholds: Vec<u64>,
 }
 
-impl LowEvents {
-    pub fn is_empty(&self) -> bool {
-        self.thresholds.is_empty()
-    }
-
-    /// The events, as the log keeps them.
-    pub fn events(
-        &self,
-        account: &[u8],
-        at_ms: u64,
-        journal_seq: u64,
-    ) -> Vec<crate::events::Event> {
-        self.thresholds
-            .iter()
-            .enumerate()
-            .map(|(i, &threshold)| crate::events::Event {
-                seq: self.first + i as u64,
-                at_ms,
-                kind: crate::events::EventKind::Low,
-                account: crate::id::Id::new(account),
-                member: None,
-                value: self.available,
-                threshold,
-                journal_seq,
-            })
-            .collect()
-    }
-}
-
 impl Record<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         // postcard into a growable buffer cannot fail for these types.

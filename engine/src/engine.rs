@@ -208,7 +208,16 @@ impl Engine {
             };
             let mut crossed = Vec::new();
             let available = acct.raise_low(&mut crossed);
-            let mut record = Record::Apply {
+            // Numbered and journaled under the log's lock when the change
+            // raised events: the journal then holds event-raising records in
+            // the order of their numbers. Most changes raise none.
+            let mut log = (!crossed.is_empty()).then(|| self.events.lock());
+            let events = LowEvents {
+                first: log.as_ref().map_or(0, |l| l.next_seq()),
+                available: if crossed.is_empty() { 0 } else { available },
+                thresholds: crossed,
+            };
+            let record = Record::Apply {
                 at_ms: step.now_ms,
                 account: Bytes(account),
                 mutation: *m,
@@ -217,30 +226,13 @@ impl Engine {
                 plan: resolved.plan.as_deref().map(Cow::Borrowed),
                 terms: limits.terms,
                 default_ttl_ms,
-                events: LowEvents::default(),
+                events,
             };
-            let seq = if crossed.is_empty() {
-                self.journal.append(&mut |buf| record.encode(buf))
-            } else {
-                // Numbered and journaled under the log's lock: the journal
-                // holds event-raising records in the order of their numbers.
-                let mut log = self.events.lock();
-                let low = LowEvents {
-                    first: log.next_seq(),
-                    available,
-                    thresholds: crossed,
-                };
-                let events = low.events(account, step.now_ms, 0);
-                if let Record::Apply { events, .. } = &mut record {
-                    *events = low;
-                }
-                let seq = self.journal.append(&mut |buf| record.encode(buf));
-                for mut event in events {
-                    event.journal_seq = seq;
-                    log.push(event, step.now_ms, bounds);
-                }
-                seq
-            };
+            let seq = self.journal.append(&mut |buf| record.encode(buf));
+            if let (Some(log), Record::Apply { events, .. }) = (log.as_mut(), &record) {
+                log.push_low(account, events, step.now_ms, seq, bounds);
+            }
+            drop(log);
             acct.applied_seq = seq;
             acct.terms = limits.terms;
             step.changed = true;

@@ -10,6 +10,7 @@
 //! repeats one. The log is bounded: events older than the retention, or past
 //! the count bound, are dropped oldest first.
 
+use crate::command::LowEvents;
 use crate::id::{Bytes, Id};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -111,6 +112,30 @@ impl EventLog {
         self.next_seq = event.seq + 1;
         self.events.push_back(event);
         self.prune(now_ms, bounds);
+    }
+
+    /// Adds the `low` events of one change of `account` (see [`EventLog::push`]).
+    pub fn push_low(
+        &mut self,
+        account: &[u8],
+        low: &LowEvents,
+        at_ms: u64,
+        journal_seq: u64,
+        bounds: EventBounds,
+    ) {
+        for (i, &threshold) in low.thresholds.iter().enumerate() {
+            let event = Event {
+                seq: low.first + i as u64,
+                at_ms,
+                kind: EventKind::Low,
+                account: Id::new(account),
+                member: None,
+                value: low.available,
+                threshold,
+                journal_seq,
+            };
+            self.push(event, at_ms, bounds);
+        }
     }
 
     /// Drops events past the retention or the count bound, oldest first.

@@ -242,8 +242,6 @@ pub(crate) struct Shared {
     /// the buffer until the durable seq is published, so groups reach the
     /// file, and seqs become durable, in order.
     segment: Mutex<Segment>,
-    /// The spare group buffer of inline writes (swapped with the shared one).
-    inline_group: Mutex<Vec<u8>>,
     /// Written since the last fsync (the EverySec timer's business).
     unsynced: AtomicBool,
     /// Callers write inline ([`Journal::set_inline_writes`]): appends do not
@@ -365,7 +363,6 @@ impl Journal {
             written_bytes: AtomicU64::new(0),
             counters,
             segment: Mutex::new(segment),
-            inline_group: Mutex::new(Vec::with_capacity(1 << 16)),
             unsynced: AtomicBool::new(false),
             inline_writes: AtomicBool::new(false),
         });

@@ -27,6 +27,9 @@ pub(crate) struct Segment {
     pub bytes: u64,
     /// A failed write left the file offset unknown: seek before the next write.
     needs_seek: bool,
+    /// The spare group buffer of inline writes ([`write_inline`]): kept with the segment,
+    /// under its lock, which every inline write holds anyway.
+    pub inline_spare: Vec<u8>,
 }
 
 impl Segment {
@@ -49,6 +52,7 @@ impl Segment {
             first_seq,
             bytes: 0,
             needs_seek: false,
+            inline_spare: Vec::new(),
         })
     }
 
@@ -72,6 +76,7 @@ impl Segment {
             first_seq,
             bytes: bytes_valid,
             needs_seek: false,
+            inline_spare: Vec::new(),
         })
     }
 
@@ -263,14 +268,14 @@ pub(crate) fn write_inline(shared: &Shared, seq: u64) -> bool {
     if refused {
         return false;
     }
-    let Some(segment) = shared.segment.try_lock() else {
+    let Some(mut segment) = shared.segment.try_lock() else {
         return false;
     };
-    let mut segment = segment;
-    let mut group = std::mem::take(&mut *shared.inline_group.lock());
+    let mut group = std::mem::take(&mut segment.inline_spare);
     let last_seq = {
         let mut state = shared.state.lock();
         if !state.rotations.is_empty() || state.shutdown {
+            segment.inline_spare = group;
             return false;
         }
         std::mem::swap(&mut state.buf, &mut group);
@@ -304,18 +309,12 @@ pub(crate) fn write_inline(shared: &Shared, seq: u64) -> bool {
                 last_seq,
             );
             group.clear();
-            *shared.inline_group.lock() = group;
+            segment.inline_spare = group;
             drop(segment);
             last_seq >= seq
         }
         Err(error) => {
-            shared.counters.write_errors.fetch_add(1, Relaxed);
-            *shared.problem.lock() = format!("write failed: {error}");
-            shared.stalled.store(true, Relaxed);
-            eprintln!(
-                "creditd journal: write in {} failed: {error}; the writer retries it",
-                shared.dir.display()
-            );
+            failed(shared, "write", &error, "the writer retries it");
             let mut state = shared.state.lock();
             let len = group.len();
             group.extend_from_slice(&state.buf);
@@ -325,7 +324,7 @@ pub(crate) fn write_inline(shared: &Shared, seq: u64) -> bool {
             }
             drop(state);
             group.clear();
-            *shared.inline_group.lock() = group;
+            segment.inline_spare = group;
             drop(segment);
             shared.writer_wake.notify_one();
             false
@@ -415,13 +414,7 @@ fn retry<T>(
                 return Ok(value);
             }
             Err(error) => {
-                shared.counters.write_errors.fetch_add(1, Relaxed);
-                *shared.problem.lock() = format!("{what} failed: {error}");
-                shared.stalled.store(true, Relaxed);
-                eprintln!(
-                    "creditd journal: {what} in {} failed: {error}; retry in {backoff_ms} ms",
-                    shared.dir.display()
-                );
+                failed(shared, what, &error, &format!("retry in {backoff_ms} ms"));
                 if shared.stopping.load(Relaxed) {
                     return Err(error);
                 }
@@ -430,6 +423,18 @@ fn retry<T>(
             }
         }
     }
+}
+
+/// A disk operation failed and will be tried again (`then` says how): counted, kept for
+/// operators, logged, and the journal marked stalled until a write succeeds.
+fn failed(shared: &Shared, what: &str, error: &io::Error, then: &str) {
+    shared.counters.write_errors.fetch_add(1, Relaxed);
+    *shared.problem.lock() = format!("{what} failed: {error}");
+    shared.stalled.store(true, Relaxed);
+    eprintln!(
+        "creditd journal: {what} in {} failed: {error}; {then}",
+        shared.dir.display()
+    );
 }
 
 impl Shared {

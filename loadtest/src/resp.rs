@@ -65,6 +65,19 @@ impl Reply {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| v.as_int())
     }
+
+    /// BALANCE's five totals `[available, held, spent, expired, granted]`,
+    /// if this is a whole BALANCE reply.
+    pub fn balance(&self) -> Option<[i64; 5]> {
+        let f = |k| self.field_int(k);
+        Some([
+            f("available")?,
+            f("held")?,
+            f("spent")?,
+            f("expired")?,
+            f("granted")?,
+        ])
+    }
 }
 
 impl fmt::Display for Reply {

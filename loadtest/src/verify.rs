@@ -116,14 +116,7 @@ pub async fn verify(
         for (&acct, reply) in chunk.iter().zip(&replies) {
             rep.accounts_checked += 1;
             let name = String::from_utf8_lossy(&speller.account_name(acct)).into_owned();
-            let f = |k| reply.field_int(k);
-            let (Some(a), Some(h), Some(s), Some(e), Some(g)) = (
-                f("available"),
-                f("held"),
-                f("spent"),
-                f("expired"),
-                f("granted"),
-            ) else {
+            let Some([a, h, s, e, g]) = reply.balance() else {
                 rep.read_errors += 1;
                 rep.note(format!("BALANCE {name}: unexpected reply {reply}"));
                 continue;

@@ -111,6 +111,19 @@ impl Account {
         due
     }
 
+    /// Checks the thresholds: ascending, distinct, at most [`MAX_ALERTS`]
+    /// (recovery refuses an account that breaks this).
+    pub(crate) fn check_alerts(&self) -> std::result::Result<(), String> {
+        let Some(alerts) = self.alerts.as_deref() else {
+            return Ok(());
+        };
+        let t = &alerts.thresholds;
+        if t.len() > MAX_ALERTS as usize || t.windows(2).any(|w| w[0].at >= w[1].at) {
+            return Err(format!("alert thresholds out of order or too many: {t:?}"));
+        }
+        Ok(())
+    }
+
     /// The account's thresholds, ascending.
     pub fn thresholds(&self) -> Vec<u64> {
         self.alerts

@@ -273,7 +273,8 @@ impl Account {
     pub fn limit(&mut self, ctx: &Ctx, member: &[u8], cap: Option<Cap>) -> Result<Applied> {
         if self.member_mut(member, ctx.now_ms).is_none() {
             if cap.is_none() {
-                return Ok(Applied::Changed(0));
+                // No cap to remove: nothing changes (and nothing is journaled).
+                return Ok(Applied::Repeated(0));
             }
             self.check_member_room(ctx)?;
             self.charge_member(&Id::new(member), ctx.now_ms, 0, 0);

@@ -288,6 +288,7 @@ impl Account {
         }
         self.done.check()?;
         self.check_members()?;
+        self.check_alerts()?;
         Ok(())
     }
 }

@@ -73,10 +73,9 @@ impl Engine {
         {
             // The account (from a snapshot or Redis) reflects the change;
             // its events come from the record (the log skips known ones).
-            let mut log = self.events.lock();
-            for event in events.events(account.0, at_ms, 0) {
-                log.push(event, at_ms, bounds);
-            }
+            self.events
+                .lock()
+                .push_low(account.0, &events, at_ms, 0, bounds);
             return Ok(at_ms);
         }
         let find = Find::OrCreateUnbounded(&self.accounts);
@@ -108,11 +107,9 @@ impl Engine {
                     events.available
                 ));
             }
-            let mut log = self.events.lock();
-            for event in events.events(account.0, step.now_ms, 0) {
-                log.push(event, step.now_ms, bounds);
-            }
-            drop(log);
+            self.events
+                .lock()
+                .push_low(account.0, &events, at_ms, 0, bounds);
             acct.applied_seq = seq;
             acct.terms = terms;
             step.changed = true;

@@ -464,7 +464,8 @@ impl Account {
             }
             &Cmd::Limit { member, cap } => {
                 if cap.is_none() && !self.members.contains_key(&member) {
-                    return Ok((0, true));
+                    // No cap to remove: a no-op, like a repeat.
+                    return Ok((0, false));
                 }
                 let e = self.member_or_new(member, now);
                 e.cap = cap;

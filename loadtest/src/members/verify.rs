@@ -260,14 +260,7 @@ pub async fn verify(
     let balances = read_all(&mut c, speller, cfg.accounts, b"BALANCE").await?;
     for (acct, reply) in (0..cfg.accounts).zip(&balances) {
         rep.accounts_checked += 1;
-        let f = |k| reply.field_int(k);
-        let (Some(a), Some(h), Some(s), Some(e), Some(g)) = (
-            f("available"),
-            f("held"),
-            f("spent"),
-            f("expired"),
-            f("granted"),
-        ) else {
+        let Some([a, h, s, e, g]) = reply.balance() else {
             rep.read_errors += 1;
             note(&mut rep, format!("BALANCE {}: {reply}", name(acct)));
             continue;

@@ -403,7 +403,7 @@ impl Writer {
     /// Streams the next durable events, if any (see [`events`]). True: some
     /// were appended.
     fn stream_events(&mut self) -> Result<bool, PassEnd> {
-        let durable_seq = self.shared.journal.stats().durable_seq;
+        let durable_seq = self.shared.journal.durable_seq();
         let streamed = match self.events_streamed {
             Some(seq) => seq,
             None => self.events_call(&[])?,
