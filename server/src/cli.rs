@@ -62,9 +62,10 @@ pub struct Options {
     #[arg(long, env = "CREDITD_ANNOUNCE", value_parser = parse_announce)]
     pub announce: Option<String>,
 
-    /// Threads that serve connections (tokio workers); 0: one per core.
-    /// On a machine the load shares (2 cores with the clients), 1 spares
-    /// the hand-offs between workers: see docs/PERFORMANCE.md.
+    /// Threads that serve connections, each owning its connections (one
+    /// current-thread runtime per thread); 0: one per core. On a machine the
+    /// load shares (2 cores with the clients), 1 serves pipeline-1 traffic
+    /// best: see docs/PERFORMANCE.md ("Thread per core").
     #[arg(long, env = "CREDITD_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub workers: u16,
 

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod conn;
+pub mod conn_threads;
 pub mod datadir;
 pub mod dispatch;
 pub mod error;

@@ -1,7 +1,10 @@
 //! Start-up, the accept loop, background threads and graceful shutdown.
 //!
-//! Threads: tokio's worker threads run connections (parse, execute against
-//! the engine under a shard lock for well under a microsecond, reply); the
+//! Threads: the connection threads (`conn_threads`, one current-thread
+//! runtime each, `--workers` of them) run connections (parse, execute
+//! against the engine under a shard lock for well under a microsecond,
+//! reply); a small main runtime runs the accept loop, probes and the
+//! write-behind; the
 //! journal writer thread does all disk writes (group commit); a sweeper
 //! thread applies due expiries and renewals to idle accounts; a snapshot
 //! thread compacts the journal. No lock is ever held across I/O. Each of
@@ -13,6 +16,7 @@ use crate::auth::Tokens;
 use crate::cli::Options;
 use crate::cluster;
 use crate::config::ServerConfig;
+use crate::conn_threads::ConnThreads;
 use crate::datadir::DataDirLock;
 use crate::error::Failure;
 use crate::http::{self, ProbeState};
@@ -38,6 +42,8 @@ const SWEEP_INTERVAL_MS: u64 = 20;
 const SWEEP_BUDGET: usize = 4096;
 /// How often the snapshot thread checks whether enough records accumulated.
 const SNAPSHOT_CHECK_MS: u64 = 1000;
+/// Threads of the main runtime: it serves no connections, so few suffice.
+const MAIN_RUNTIME_THREADS: usize = 2;
 
 /// Runs the server until SIGTERM/SIGINT. Returns an error message on a
 /// failed start (bad config, refused address, corrupt journal).
@@ -57,13 +63,13 @@ pub fn run(opts: Options) -> Result<(), String> {
     }
     // First, before any port or file is touched: one process per data dir.
     let data_dir_lock = DataDirLock::acquire(&opts.data_dir)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if opts.workers > 0 {
-        builder.worker_threads(usize::from(opts.workers));
-    }
-    let runtime = builder
+    // The main runtime runs everything but the connections (accept loop,
+    // probes, write-behind and cluster tasks); `--workers` threads of their
+    // own serve the connections (`conn_threads`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(MAIN_RUNTIME_THREADS)
         .enable_all()
-        .thread_name("creditd-worker")
+        .thread_name("creditd-main")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(serve(opts, config, data_dir_lock))
@@ -144,16 +150,23 @@ async fn serve(
         metrics_upkeep(app.clone()),
     ];
 
+    let conn_threads = Arc::new(ConnThreads::start(usize::from(app.opts.workers))?);
+    tracing::info!(threads = conn_threads.len(), "connection threads started");
     app.health.ready.store(true, Ordering::Release);
     let _ = probes.app.set(app.clone());
     tracing::info!(listen = %listen, http = %opts.http, "creditd ready");
 
     let accept = {
         let app = app.clone();
-        Worker::task(|stop| accept_loop(app, listener, stop))
+        let conn_threads = conn_threads.clone();
+        Worker::task(|stop| accept_loop(app, listener, conn_threads, stop))
     };
     shutdown_signal().await;
-    shut_down(&app, accept, background, write_behind, cluster_threads).await
+    let serving = Serving {
+        accept,
+        conn_threads,
+    };
+    shut_down(&app, serving, background, write_behind, cluster_threads).await
 }
 
 /// What recovery built: the engine holding every account, and the journal
@@ -350,9 +363,15 @@ fn observe_journal(app: &App) {
 
 /// Graceful shutdown: not ready, stop accepting, drain the connections
 /// (for up to `--shutdown-grace-s`), stop the background work, flush.
+/// The accept loop and the threads it hands connections to.
+struct Serving {
+    accept: Worker,
+    conn_threads: Arc<ConnThreads>,
+}
+
 async fn shut_down(
     app: &App,
-    accept: Worker,
+    serving: Serving,
     background: Vec<Worker>,
     write_behind: Option<WriteBehind>,
     cluster_threads: Option<cluster::Running>,
@@ -366,11 +385,15 @@ async fn shut_down(
     }
     // The accept loop's stop is every connection's: idle ones close now,
     // busy ones once their replies are out.
-    accept.shutdown().await;
+    serving.accept.shutdown().await;
     let open = &app.metrics.counters.connections_open;
     let deadline = Instant::now() + Duration::from_secs(app.opts.shutdown_grace_s);
     while open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The accept loop (the only other owner) has ended.
+    if let Ok(threads) = Arc::try_unwrap(serving.conn_threads) {
+        threads.shutdown().await;
     }
     for worker in background {
         worker.shutdown().await;
@@ -389,7 +412,12 @@ async fn shut_down(
 }
 
 /// Accepts connections until stopped; each connection gets the same stop.
-async fn accept_loop(app: Arc<App>, listener: TcpListener, mut stop: Stop) {
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    conn_threads: Arc<ConnThreads>,
+    mut stop: Stop,
+) {
     let counters = &app.metrics.counters;
     loop {
         let accepted = tokio::select! {
@@ -417,16 +445,22 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, mut stop: Stop) {
             continue;
         }
         tracing::debug!(%peer, open, "connection accepted");
-        let app = app.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            crate::conn::serve(app.clone(), stream, stop).await;
-            app.metrics
-                .counters
-                .connections_open
-                .fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(%peer, "connection closed");
-        });
+        let served = {
+            let (app, stop) = (app.clone(), stop.clone());
+            conn_threads.serve(stream, move |stream| async move {
+                crate::conn::serve(app.clone(), stream, stop).await;
+                app.metrics
+                    .counters
+                    .connections_open
+                    .fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(%peer, "connection closed");
+            })
+        };
+        if let Err(e) = served {
+            // The socket could not leave this runtime (closed already).
+            tracing::debug!(%peer, "connection dropped before serving: {e}");
+            counters.connections_open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
