@@ -193,10 +193,7 @@ pub struct LowEvents {
 
 impl Record<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        // postcard into a growable buffer cannot fail for these types.
-        let mut sink = std::mem::take(out);
-        sink = postcard::to_extend(self, sink).expect("record encodes");
-        *out = sink;
+        crate::encode::append(self, out);
     }
 }
 

@@ -24,6 +24,7 @@ pub mod calendar;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod encode;
 pub mod engine;
 pub mod error;
 pub mod events;

@@ -169,8 +169,7 @@ impl Engine {
     /// for why replaying records the log already holds is harmless).
     pub fn snapshot_events(&self, out: &mut Vec<u8>) {
         let log = self.events.lock();
-        let buf = std::mem::take(out);
-        *out = postcard::to_extend(&*log, buf).expect("event log encodes");
+        crate::encode::append(&*log, out);
     }
 
     /// Loads a serialized event log (before the journal is replayed).
@@ -189,8 +188,7 @@ impl Engine {
         let part = ShardSnapshotRef {
             accounts: shard.accounts.iter().map(|a| (Bytes(&a.key), a)).collect(),
         };
-        let buf = std::mem::take(out);
-        *out = postcard::to_extend(&part, buf).expect("snapshot encodes");
+        crate::encode::append(&part, out);
     }
 
     /// Loads one serialized shard part (from any shard count). Every account
