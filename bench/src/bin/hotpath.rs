@@ -2,7 +2,8 @@
 //! profilers (`perf record`, `valgrind --tool=callgrind`).
 //!
 //! `cargo run --release -p creditd-bench --bin hotpath -- [pairs] [accounts]`
-//! (`CREDITD_BENCH_WINDOW_MS`, `CREDITD_BENCH_MEMBER`: see below)
+//! (`CREDITD_BENCH_WINDOW_MS`, `CREDITD_BENCH_MEMBER`,
+//! `CREDITD_BENCH_WARMUP_PAIRS`: see below)
 
 use creditd_bench::{id_into, loaded_engine_with, reserve_commit_as, Keys, ACCOUNTS};
 use creditd_engine::account::{Cap, Per};
@@ -56,8 +57,20 @@ fn main() {
     }
     let member = member.as_deref().map(str::as_bytes);
     let mut keys = Keys::uniform(accounts, 1);
+    // Steady state: untimed pairs first, so every account's history is at
+    // its cap (1,000 entries: 500 pairs) and the allocator has its pages.
+    // CREDITD_BENCH_WARMUP_PAIRS overrides (0: none); by default 600 pairs
+    // an account, at most as many as the timed run.
+    let warmup: u64 = std::env::var("CREDITD_BENCH_WARMUP_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| pairs.min(accounts.saturating_mul(600)));
+    for n in 0..warmup {
+        let account = id_into(&mut a, b"acct:", keys.next_key());
+        reserve_commit_as(&engine, account, n, Charge::Amount(3), member);
+    }
     let started = Instant::now();
-    for n in 0..pairs {
+    for n in warmup..warmup + pairs {
         let account = id_into(&mut a, b"acct:", keys.next_key());
         reserve_commit_as(&engine, account, n, Charge::Amount(3), member);
     }
