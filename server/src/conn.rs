@@ -229,7 +229,7 @@ impl Connection {
                 cluster.wake_writer();
             } else if self.app.journal.inline_writes() {
                 // As Redis writes its AOF once per event-loop round: let the
-                // other connections ready on this worker run their batches
+                // other connections ready on this thread run their batches
                 // first, then write every record appended so far here,
                 // without handing the write to another thread.
                 tokio::task::yield_now().await;
