@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 mod apply;
 pub mod catalog;
+mod prefetch;
 mod recovery;
 mod shard;
 mod sink;
@@ -38,6 +39,7 @@ mod table;
 
 pub use apply::MAX_HOLD_TTL_MS;
 pub use catalog::Catalog;
+pub use prefetch::MAX_PREFETCH;
 pub use sink::{JournalSink, MemoryJournal};
 
 use apply::{apply, validate, Resolved};

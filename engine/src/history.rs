@@ -123,6 +123,13 @@ impl History {
         self.len == 0
     }
 
+    /// Reads the newest entry's last byte (where the next entry goes), for
+    /// [`crate::Engine::prefetch`].
+    #[inline]
+    pub fn touch(&self) -> u64 {
+        self.bytes.back().map_or(0, |b| u64::from(*b))
+    }
+
     /// Sequence number of the newest entry (0 if none was ever logged).
     pub fn last_seq(&self) -> u64 {
         self.last_seq

@@ -45,6 +45,16 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
         self.len() == 0
     }
 
+    /// Reads the first entry (a small map's whole storage is one vector),
+    /// for [`crate::Engine::prefetch`]; `weigh` picks something of it.
+    #[inline]
+    pub fn touch(&self, weigh: impl Fn(&K, &V) -> u64) -> u64 {
+        match self {
+            SmallMap::Small(v) => v.first().map_or(0, |(k, v)| weigh(k, v)),
+            SmallMap::Large(m) => m.len() as u64,
+        }
+    }
+
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,

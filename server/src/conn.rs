@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::commands::Session;
 use crate::dispatch::{execute_exec_step, execute_frame, finish_exec_unanswered, reply_error};
 use crate::error::{ErrorCode, Failure};
+use crate::read_ahead;
 use crate::resp::parse::{parse, Frame, Limits, Parsed};
 use crate::stop::Stop;
 use smallvec::SmallVec;
@@ -81,6 +82,8 @@ struct Connection {
     buf: Vec<u8>,
     start: usize,
     frame: Frame,
+    /// The frame [`read_ahead`] parses into.
+    scan: Frame,
     /// Replies not written yet.
     out: Vec<u8>,
     waiting: Vec<Waiting>,
@@ -120,6 +123,7 @@ impl Connection {
             buf: Vec::with_capacity(READ_CHUNK_BYTES),
             start: 0,
             frame: Frame::new(),
+            scan: Frame::new(),
             out: Vec::with_capacity(READ_CHUNK_BYTES),
             waiting: Vec::new(),
         }
@@ -141,6 +145,15 @@ impl Connection {
         let mut batch = Batch::default();
         self.waiting.clear();
         let mut commands = 0u64;
+        // An authenticated session outside MULTI: its account commands run now.
+        if self.session.role.is_some() && self.session.multi.is_none() {
+            read_ahead::prefetch_accounts(
+                &self.app.engine,
+                &self.buf[self.start..],
+                self.limits(),
+                &mut self.scan,
+            );
+        }
         loop {
             if self.out.len() >= OUT_FLUSH_BYTES {
                 batch.more_buffered = self.start < self.buf.len() || self.session.exec.is_some();

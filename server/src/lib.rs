@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod multi;
 pub mod node;
 pub mod persist;
+pub mod read_ahead;
 pub mod redis_reply;
 pub mod resp;
 pub mod server;

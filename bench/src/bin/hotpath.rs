@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p creditd-bench --bin hotpath -- [pairs] [accounts]`
 //! (`CREDITD_BENCH_WINDOW_MS`, `CREDITD_BENCH_MEMBER`,
-//! `CREDITD_BENCH_WARMUP_PAIRS`: see below)
+//! `CREDITD_BENCH_WARMUP_PAIRS`, `CREDITD_BENCH_PREFETCH`: see below)
 
 use creditd_bench::{id_into, loaded_engine_with, reserve_commit_as, Keys, ACCOUNTS};
 use creditd_engine::account::{Cap, Per};
@@ -69,10 +69,30 @@ fn main() {
         let account = id_into(&mut a, b"acct:", keys.next_key());
         reserve_commit_as(&engine, account, n, Charge::Amount(3), member);
     }
+    // CREDITD_BENCH_PREFETCH=<n>: pairs go in groups of n accounts, whose
+    // accounts `Engine::prefetch` reads first (what a pipeline of n does).
+    let group: usize = std::env::var("CREDITD_BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, creditd_engine::engine::MAX_PREFETCH);
+    let mut ids = vec![[0u8; 32]; group];
+    let mut lens = vec![0usize; group];
     let started = Instant::now();
-    for n in warmup..warmup + pairs {
-        let account = id_into(&mut a, b"acct:", keys.next_key());
-        reserve_commit_as(&engine, account, n, Charge::Amount(3), member);
+    let mut n = warmup;
+    while n < warmup + pairs {
+        let count = group.min((warmup + pairs - n) as usize);
+        for i in 0..count {
+            lens[i] = id_into(&mut ids[i], b"acct:", keys.next_key()).len();
+        }
+        if count > 1 {
+            let batch: Vec<&[u8]> = (0..count).map(|i| &ids[i][..lens[i]]).collect();
+            engine.prefetch(&batch);
+        }
+        for i in 0..count {
+            reserve_commit_as(&engine, &ids[i][..lens[i]], n, Charge::Amount(3), member);
+            n += 1;
+        }
     }
     let elapsed = started.elapsed();
     // Not dropped: freeing millions of records would dominate a profile.

@@ -320,6 +320,16 @@ fn kind_from_tag(tag: u8) -> Kind {
 
 impl DoneLog {
     /// The framed records still kept, oldest first.
+    /// Reads the memory a command's lookup reads first (the boxed log's
+    /// header and its oldest record), for [`crate::Engine::prefetch`].
+    #[inline]
+    pub fn touch(&self) -> u64 {
+        match &self.0 {
+            Repr::Small { len, .. } => u64::from(*len),
+            Repr::Large(large) => large.filter ^ large.live().first().map_or(0, |b| u64::from(*b)),
+        }
+    }
+
     fn live(&self) -> &[u8] {
         match &self.0 {
             Repr::Small { len, bytes } => &bytes[..*len as usize],

@@ -220,6 +220,20 @@ impl Account {
         self.holds.len()
     }
 
+    /// Reads a word from each part of the account a command touches (its
+    /// balance, first bucket, holds, idempotency log and history), so that a
+    /// batch of such reads keeps many cache misses in flight at once
+    /// ([`crate::Engine::prefetch`]). The value means nothing.
+    #[inline]
+    pub fn touch(&self) -> u64 {
+        self.bal.available
+            ^ self.buckets.first().map_or(0, |b| b.remaining)
+            ^ self.holds.touch(|_, h| h.amount)
+            ^ self.done.touch()
+            ^ self.history.touch()
+            ^ self.next_due_ms
+    }
+
     /// Does the account hold anything worth keeping? (An account that a failed
     /// command created in passing is dropped again.)
     pub fn is_blank(&self) -> bool {

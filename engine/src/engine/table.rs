@@ -28,8 +28,14 @@ impl AccountTable {
 
     #[inline]
     pub(super) fn get(&self, id: &[u8]) -> Option<&Account> {
+        self.get_hashed(Self::hash(id), id)
+    }
+
+    /// [`AccountTable::get`] with the hash already computed.
+    #[inline]
+    pub(super) fn get_hashed(&self, hash: u64, id: &[u8]) -> Option<&Account> {
         self.table
-            .find(Self::hash(id), |a| a.key.as_bytes() == id)
+            .find(hash, |a| a.key.as_bytes() == id)
             .map(|a| &**a)
     }
 

@@ -153,6 +153,16 @@ impl Frame {
         self.ranges.iter().map(move |r| &src[r.clone()])
     }
 
+    /// Where argument `i` lies in the parsed request's bytes, for a
+    /// multibulk request (`None` for an inline one: its arguments are
+    /// copied, not in the request's bytes).
+    pub fn arg_range(&self, i: usize) -> Option<Range<usize>> {
+        match self.inline {
+            true => None,
+            false => self.ranges.get(i).cloned(),
+        }
+    }
+
     fn source<'a>(&'a self, buf: &'a [u8]) -> &'a [u8] {
         if self.inline {
             &self.scratch
