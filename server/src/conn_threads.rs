@@ -87,6 +87,14 @@ impl ConnThreads {
         self.threads.is_empty()
     }
 
+    /// Connections served now, over all threads.
+    pub fn open_connections(&self) -> usize {
+        self.threads
+            .iter()
+            .map(|t| t.open.load(Ordering::Acquire))
+            .sum()
+    }
+
     /// Moves `stream` to the least busy thread and runs `serve` on it there.
     /// The stream leaves the caller's runtime and joins that thread's, so all
     /// its I/O happens on that thread.
@@ -165,30 +173,18 @@ mod tests {
             ],
             "least busy first: two each"
         );
-        let open: usize = threads
-            .threads
-            .iter()
-            .map(|t| t.open.load(Ordering::Acquire))
-            .sum();
+        let open = threads.open_connections();
         assert_eq!(open, 4);
         drop(clients);
         // Every connection ends once its client closes: the counts fall to 0.
         for _ in 0..500 {
-            let open: usize = threads
-                .threads
-                .iter()
-                .map(|t| t.open.load(Ordering::Acquire))
-                .sum();
+            let open = threads.open_connections();
             if open == 0 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let open: usize = threads
-            .threads
-            .iter()
-            .map(|t| t.open.load(Ordering::Acquire))
-            .sum();
+        let open = threads.open_connections();
         assert_eq!(open, 0);
         threads.shutdown().await;
     }
