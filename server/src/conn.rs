@@ -145,15 +145,7 @@ impl Connection {
         let mut batch = Batch::default();
         self.waiting.clear();
         let mut commands = 0u64;
-        // An authenticated session outside MULTI: its account commands run now.
-        if self.session.role.is_some() && self.session.multi.is_none() {
-            read_ahead::prefetch_accounts(
-                &self.app.engine,
-                &self.buf[self.start..],
-                self.limits(),
-                &mut self.scan,
-            );
-        }
+        let mut read_ahead_done = false;
         loop {
             if self.out.len() >= OUT_FLUSH_BYTES {
                 batch.more_buffered = self.start < self.buf.len() || self.session.exec.is_some();
@@ -174,6 +166,20 @@ impl Connection {
                 Ok(Parsed::Complete { consumed }) => {
                     let window = &self.buf[self.start..self.start + consumed];
                     let args: SmallVec<[&[u8]; 16]> = self.frame.iter(window).collect();
+                    let rest = &self.buf[self.start + consumed..];
+                    // Once per batch, when more requests follow this one (a
+                    // pipeline), for an authenticated session outside MULTI
+                    // (its account commands run now). A lone request is
+                    // parsed once, as before.
+                    if !read_ahead_done
+                        && !rest.is_empty()
+                        && self.session.role.is_some()
+                        && self.session.multi.is_none()
+                    {
+                        read_ahead_done = true;
+                        let engine = &self.app.engine;
+                        read_ahead::prefetch_accounts(engine, &args, rest, limits, &mut self.scan);
+                    }
                     let seq = execute_frame(&self.app, &mut self.session, &args, &mut self.out);
                     drop(args);
                     self.note_wait(&mut batch, reply_start, seq);

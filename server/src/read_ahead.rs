@@ -3,15 +3,16 @@
 //! When a read brings several commands, their accounts are looked up and
 //! read together first ([`Engine::prefetch`]), so their cache misses overlap
 //! instead of coming one command after another; the commands then run one
-//! by one as always. Only multibulk account commands are looked at, in
-//! their own scratch frame (the connection's frame keeps its state), and at
-//! most [`MAX_PREFETCH`] of them.
+//! by one as always. The connection calls this with its first request of a
+//! batch already parsed, and only when more bytes follow it: a lone request
+//! (pipeline 1) is parsed once, as before. Only multibulk account commands
+//! are looked at, in a scratch frame of their own (the connection's frame
+//! keeps its state), and at most [`MAX_PREFETCH`] of them.
 
 use crate::resp::parse::{parse, Frame, Limits, Parsed};
 use creditd_engine::engine::MAX_PREFETCH;
 use creditd_engine::Engine;
 use smallvec::SmallVec;
-use std::ops::Range;
 
 /// Commands whose first argument is the account they touch (the ones a
 /// gateway pipelines).
@@ -25,18 +26,48 @@ fn names_account(command: &[u8]) -> bool {
         .any(|c| c.eq_ignore_ascii_case(command))
 }
 
-/// Prefetches the accounts of the complete requests at the start of `buf`
-/// (nothing for fewer than two). Parses into `scan`, never the caller's frame.
-pub fn prefetch_accounts(engine: &Engine, buf: &[u8], limits: &Limits, scan: &mut Frame) {
-    let mut keys: SmallVec<[Range<usize>; MAX_PREFETCH]> = SmallVec::new();
+/// The account a request names, if it is an account command.
+fn account_of<'a>(args: &[&'a [u8]]) -> Option<&'a [u8]> {
+    match args {
+        [name, account, ..] if names_account(name) => Some(account),
+        _ => None,
+    }
+}
+
+/// Prefetches the account `first` names (the request about to run, already
+/// parsed) and those of the complete requests at the start of `rest`, the
+/// bytes after it; nothing for fewer than two accounts.
+pub fn prefetch_accounts(
+    engine: &Engine,
+    first: &[&[u8]],
+    rest: &[u8],
+    limits: &Limits,
+    scan: &mut Frame,
+) {
+    let keys = accounts_ahead(first, rest, limits, scan);
+    if keys.len() >= 2 {
+        engine.prefetch(&keys);
+    }
+}
+
+/// The accounts of `first` and of the multibulk account commands complete
+/// at the start of `rest`, in order, at most [`MAX_PREFETCH`]. Parses
+/// `rest` into `scan`, never the caller's frame.
+fn accounts_ahead<'a>(
+    first: &[&'a [u8]],
+    rest: &'a [u8],
+    limits: &Limits,
+    scan: &mut Frame,
+) -> SmallVec<[&'a [u8]; MAX_PREFETCH]> {
+    let mut keys: SmallVec<[&[u8]; MAX_PREFETCH]> = account_of(first).into_iter().collect();
     let mut at = 0;
     // Bounded: each round consumes a request or stops.
-    while keys.len() < MAX_PREFETCH && at < buf.len() {
-        match parse(&buf[at..], limits, scan) {
+    while keys.len() < MAX_PREFETCH && at < rest.len() {
+        match parse(&rest[at..], limits, scan) {
             Ok(Parsed::Complete { consumed }) => {
                 if let (Some(name), Some(key)) = (scan.arg_range(0), scan.arg_range(1)) {
-                    if names_account(&buf[at + name.start..at + name.end]) {
-                        keys.push(at + key.start..at + key.end);
+                    if names_account(&rest[at + name.start..at + name.end]) {
+                        keys.push(&rest[at + key.start..at + key.end]);
                     }
                 }
                 at += consumed;
@@ -45,10 +76,7 @@ pub fn prefetch_accounts(engine: &Engine, buf: &[u8], limits: &Limits, scan: &mu
             Ok(Parsed::Incomplete) | Err(_) => break,
         }
     }
-    if keys.len() >= 2 {
-        let keys: SmallVec<[&[u8]; MAX_PREFETCH]> = keys.iter().map(|r| &buf[r.clone()]).collect();
-        engine.prefetch(&keys);
-    }
+    keys
 }
 
 #[cfg(test)]
@@ -58,51 +86,69 @@ mod tests {
     use creditd_engine::config::Config;
     use std::sync::Arc;
 
+    fn request(args: &[&str]) -> String {
+        let mut r = format!("*{}\r\n", args.len());
+        for a in args {
+            r.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        r
+    }
+
+    fn ahead<'a>(first: &[&'a [u8]], rest: &'a str) -> Vec<&'a [u8]> {
+        accounts_ahead(
+            first,
+            rest.as_bytes(),
+            &Limits::AUTHENTICATED,
+            &mut Frame::new(),
+        )
+        .to_vec()
+    }
+
     #[test]
-    fn reads_the_accounts_of_account_commands_and_changes_nothing() {
+    fn reads_ahead_the_accounts_of_account_commands_only() {
+        let mut rest = String::new();
+        for args in [
+            &["balance", "b"][..],
+            &["PING"],
+            &["CONFIG", "GET", "x"],
+            &["DEBIT", "d", "1"],
+        ] {
+            rest.push_str(&request(args));
+        }
+        // An inline request (its arguments are copies: skipped), one
+        // complete request after it, then an incomplete one, where the scan
+        // stops.
+        rest.push_str("GRANT x 1\r\n");
+        rest.push_str(&request(&["COMMIT", "e", "h"]));
+        rest.push_str("*2\r\n$7\r\nRESERVE\r\n$5\r\nsho");
+        let first: [&[u8]; 3] = [b"RESERVE", b"a", b"h"];
+        assert_eq!(ahead(&first, &rest), [&b"a"[..], b"b", b"d", b"e"]);
+        // A first request that names no account adds none.
+        let ping: [&[u8]; 1] = [b"PING"];
+        assert_eq!(ahead(&ping, &rest), [&b"b"[..], b"d", b"e"]);
+    }
+
+    #[test]
+    fn reads_at_most_the_bound() {
+        let rest = request(&["RESERVE", "k", "h", "1"]).repeat(MAX_PREFETCH * 2);
+        let first: [&[u8]; 2] = [b"DEBIT", b"a"];
+        let keys = ahead(&first, &rest);
+        assert_eq!(keys.len(), MAX_PREFETCH);
+        assert_eq!(keys[0], b"a");
+    }
+
+    #[test]
+    fn a_prefetch_changes_nothing() {
         let engine = Engine::new(
             Config::builtin(),
             Arc::new(SystemClock),
             Arc::new(creditd_engine::MemoryJournal::discarding()),
         );
-        let mut buf = Vec::new();
-        for (cmd, key) in [
-            ("RESERVE", "a"),
-            ("balance", "b"),
-            ("PING", "c"),
-            ("DEBIT", "d"),
-        ] {
-            buf.extend(
-                format!(
-                    "*2\r\n${}\r\n{cmd}\r\n${}\r\n{key}\r\n",
-                    cmd.len(),
-                    key.len()
-                )
-                .bytes(),
-            );
-        }
-        // An incomplete request at the end, and an inline one before it.
-        buf.extend(b"GRANT x\r\n*2\r\n$7\r\nRESERVE\r\n$5\r\nsho");
-        let mut scan = Frame::new();
-        let mut names = Vec::new();
-        let mut at = 0;
-        while let Ok(Parsed::Complete { consumed }) =
-            parse(&buf[at..], &Limits::AUTHENTICATED, &mut scan)
-        {
-            if let (Some(n), Some(k)) = (scan.arg_range(0), scan.arg_range(1)) {
-                if names_account(&buf[at + n.start..at + n.end]) {
-                    names.push(String::from_utf8_lossy(&buf[at + k.start..at + k.end]).to_string());
-                }
-            }
-            at += consumed;
-        }
-        assert_eq!(
-            names,
-            ["a", "b", "d"],
-            "account commands only; inline ones skipped"
-        );
+        let rest = request(&["RESERVE", "b", "h", "1"]) + &request(&["BALANCE", "c"]);
+        let first: [&[u8]; 2] = [b"BALANCE", b"a"];
         let before = engine.stats();
-        prefetch_accounts(&engine, &buf, &Limits::AUTHENTICATED, &mut scan);
+        let limits = &Limits::AUTHENTICATED;
+        prefetch_accounts(&engine, &first, rest.as_bytes(), limits, &mut Frame::new());
         assert_eq!(engine.stats(), before, "a prefetch creates nothing");
     }
 }
