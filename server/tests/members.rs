@@ -5,12 +5,10 @@
 mod common;
 mod members_support;
 
-use common::{run_bounded, Creditd};
+use common::{refused_start, Creditd};
 use members_support::*;
 use redis::Value;
 use std::io::{BufRead, BufReader, Write};
-use std::process::Command;
-use std::time::Duration;
 
 /// The `expires_at` of each open hold of `account`, by hold id.
 fn hold_expiries(c: &mut redis::Connection, account: &str) -> Vec<(String, i64)> {
@@ -470,23 +468,12 @@ fn bad_values_of_the_member_and_event_keys_are_refused_by_name() {
 
     // At start-up a bad value refuses to start and names the key.
     let (bad_data, bad_config) = with_config("max_alerts_per_account = 9\n");
-    let mut creditd = Command::new(env!("CARGO_BIN_EXE_creditd"));
-    creditd
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&bad_config)
-        .arg("--data-dir")
-        .arg(&bad_data);
-    let (status, output) = run_bounded(creditd, Duration::from_secs(20));
-    assert!(
-        status.is_some_and(|s| !s.success()),
-        "started anyway: {output}"
-    );
+    let output = refused_start(&[
+        "--config".as_ref(),
+        bad_config.as_os_str(),
+        "--data-dir".as_ref(),
+        bad_data.as_os_str(),
+    ]);
     assert!(
         output.contains("max_alerts_per_account: 9 is more than the maximum 8"),
         "{output}"

@@ -78,13 +78,7 @@ fn a_file_as_data_dir_is_not_a_directory() {
     let dir = temp_dir("notdir");
     let file = dir.join("plain-file");
     std::fs::write(&file, b"x").unwrap();
-    let mut creditd = Command::new(env!("CARGO_BIN_EXE_creditd"));
-    creditd
-        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&file);
-    let (success, stderr) = run_to_exit(creditd, Duration::from_secs(20));
-    assert!(!success);
+    let stderr = refused_start(&["--data-dir".as_ref(), file.as_os_str()]);
     assert!(stderr.contains("not a directory"), "{stderr}");
 }
 
@@ -258,20 +252,13 @@ fn plan_is_subscribe_and_plan_none_is_unsubscribe_under_names_no_client_treats_a
     // A plan may not be named none.
     let bad = data.with_extension("none.toml");
     std::fs::write(&bad, config_text("[plans.None]\ncredits_per_seat = 1")).unwrap();
-    let mut creditd = Command::new(env!("CARGO_BIN_EXE_creditd"));
-    creditd
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&bad)
-        .arg("--data-dir")
-        .arg(data.with_extension("other"));
-    let (success, stderr) = run_to_exit(creditd, Duration::from_secs(20));
-    assert!(!success);
+    let other = data.with_extension("other");
+    let stderr = refused_start(&[
+        "--config".as_ref(),
+        bad.as_os_str(),
+        "--data-dir".as_ref(),
+        other.as_os_str(),
+    ]);
     assert!(
         stderr.contains("plans.None") && stderr.contains("PLAN account NONE"),
         "{stderr}"

@@ -102,13 +102,7 @@ impl Account {
     /// `interval_ms` ago. True: raise it.
     pub(crate) fn stamp_insufficient(&mut self, now_ms: u64, interval_ms: u64) -> bool {
         let alerts = self.alerts.get_or_insert_with(Default::default);
-        let due = alerts
-            .insufficient_event_ms
-            .is_none_or(|at| now_ms >= at.saturating_add(interval_ms));
-        if due {
-            alerts.insufficient_event_ms = Some(now_ms);
-        }
-        due
+        stamp_if_due(&mut alerts.insufficient_event_ms, now_ms, interval_ms)
     }
 
     /// Checks the thresholds: ascending, distinct, at most [`MAX_ALERTS`]
@@ -146,4 +140,14 @@ impl Account {
             _ => false,
         }
     }
+}
+
+/// A refusal event is due unless `stamp` (the last one's instant) is less
+/// than `interval_ms` ago; a due one moves the stamp to `now_ms`.
+pub(super) fn stamp_if_due(stamp: &mut Option<u64>, now_ms: u64, interval_ms: u64) -> bool {
+    let due = stamp.is_none_or(|at| now_ms >= at.saturating_add(interval_ms));
+    if due {
+        *stamp = Some(now_ms);
+    }
+    due
 }

@@ -294,13 +294,7 @@ impl Account {
         let Some(entry) = self.member_mut(member, now_ms) else {
             return false;
         };
-        let due = entry
-            .limited_event_ms
-            .is_none_or(|at| now_ms >= at.saturating_add(interval_ms));
-        if due {
-            entry.limited_event_ms = Some(now_ms);
-        }
-        due
+        super::alerts::stamp_if_due(&mut entry.limited_event_ms, now_ms, interval_ms)
     }
 
     /// MEMBERS: every member with a cap, or with usage or holds this

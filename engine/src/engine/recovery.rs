@@ -20,33 +20,27 @@ impl Engine {
     /// Returns the record's instant.
     pub fn replay(&self, seq: u64, payload: &[u8]) -> std::result::Result<u64, String> {
         let record = decode_record(payload)?;
-        let (at_ms, account, m, price, plan, terms, default_ttl_ms, events) = match record {
-            Record::Clock { at_ms } => return Ok(at_ms),
-            Record::Refused {
-                at_ms,
-                account,
-                refused,
-                event_seq,
-            } => return self.replay_refusal(seq, at_ms, account.0, &refused, event_seq),
-            Record::Apply {
-                at_ms,
-                account,
-                mutation,
-                price,
-                plan,
-                terms,
-                default_ttl_ms,
-                events,
-            } => (
-                at_ms,
-                account,
-                mutation,
-                price,
-                plan,
-                terms,
-                default_ttl_ms,
-                events,
-            ),
+        let Record::Apply {
+            at_ms,
+            account,
+            mutation: m,
+            price,
+            plan,
+            terms,
+            default_ttl_ms,
+            events,
+        } = record
+        else {
+            return match record {
+                Record::Clock { at_ms } => Ok(at_ms),
+                Record::Refused {
+                    at_ms,
+                    account,
+                    refused,
+                    event_seq,
+                } => self.replay_refusal(seq, at_ms, account.0, &refused, event_seq),
+                Record::Apply { .. } => unreachable!("an Apply record is replayed below"),
+            };
         };
         if matches!(m, Mutation::Reserve { ttl_ms: None, .. }) && default_ttl_ms.is_none() {
             return Err(format!("record {seq} (reserve) has no TTL"));

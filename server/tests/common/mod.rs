@@ -405,3 +405,19 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> (Option<ExitStatus>, St
         std::fs::read_to_string(&out_path).unwrap_or_default(),
     )
 }
+
+/// Starts creditd on loopback ports the kernel picks, with `args` (a
+/// config, a data dir, flags), expects it to refuse to start within 20 s,
+/// and returns what it printed.
+pub fn refused_start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let mut creditd = Command::new(env!("CARGO_BIN_EXE_creditd"));
+    creditd
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(args);
+    let (status, output) = run_bounded(creditd, Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "started anyway ({status:?}): {output}"
+    );
+    output
+}
