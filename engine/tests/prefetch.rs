@@ -9,6 +9,7 @@ use creditd_engine::engine::MAX_PREFETCH;
 use creditd_engine::id::Bytes;
 use creditd_engine::{Charge, Engine, Expiry, MemoryJournal, Mutation};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn engine() -> Arc<Engine> {
     Arc::new(Engine::new(
@@ -72,6 +73,15 @@ fn concurrent_prefetches_and_commands_do_not_deadlock() {
                 }
             }
         }));
+    }
+    // A deadlock fails the test rather than hang it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !threads.iter().all(|t| t.is_finished()) {
+        assert!(
+            Instant::now() < deadline,
+            "prefetch and commands deadlocked"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
     for t in threads {
         t.join().unwrap();

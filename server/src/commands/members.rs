@@ -92,7 +92,9 @@ pub fn events(app: &App, s: &mut Session, a: &[&[u8]], out: &mut Vec<u8>) -> Res
         } else if is(a[i], "COUNT") && count.is_none() {
             let n = parse_u64(value, "COUNT")?;
             if !(1..=EVENTS_MAX).contains(&n) {
-                return Err(Failure::err("COUNT out of range (1 to 10000)"));
+                return Err(Failure::err(format!(
+                    "COUNT out of range (1 to {EVENTS_MAX})"
+                )));
             }
             count = Some(n);
         } else {
